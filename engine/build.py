@@ -1,0 +1,219 @@
+"""``vcell build``: turn an input atlas into a bundle.
+
+harmonise -> expression store -> embedding (PCA) -> FAISS index -> (clusters when the input
+has no cell types) -> UMAP layout -> group summaries -> manifest. Everything is written
+into a temporary directory that is renamed to the bundle path only when every step has
+succeeded, so a failure never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from engine.atlas import FORMAT, FORMAT_VERSION, gene_hash, provenance
+from engine.errors import InputError
+from engine.fileio import atomic_dir, write_json, write_npy
+from engine.progress import Progress, report
+
+BLOCK = 20_000
+
+
+@dataclass
+class BuildOptions:
+    """Options of :func:`build_atlas` (CLI flags of the same names)."""
+
+    cell_type_key: str | None = None
+    condition_key: str | None = None
+    donor_key: str | None = None
+    batch_key: str | None = None
+    reference_condition: str | None = None
+    gene_map: str | None = None
+    n_hvg: int = 2000
+    n_pcs: int = 50
+    pca_sample: int = 50_000
+    n_landmarks: int = 15_000
+    seed: int = 0
+
+
+def _blocks(matrix: sp.csr_matrix, size: int = BLOCK):
+    for start in range(0, matrix.shape[0], size):
+        yield start, matrix[start:start + size]
+
+
+def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
+    """Find raw counts (or log-normalised values) and return ``(lognorm, counts, notes)``."""
+    from engine.data.normalise import check_counts, choose_counts, choose_lognorm, normalise_log1p
+
+    counts, counts_source = choose_counts(adata)
+    if counts is not None:
+        check_counts(counts)
+        lognorm = sp.vstack([normalise_log1p(b) for _, b in _blocks(counts)], format="csr")
+        notes = {"counts": counts_source, "lognorm": "log1p(counts / total * 1e4)"}
+    else:
+        lognorm, lognorm_source = choose_lognorm(adata)
+        notes = {"counts": None, "lognorm": lognorm_source,
+                 "warning": "No raw counts in the input: pseudobulk and count models are unavailable."}
+    lognorm = sp.csr_matrix(lognorm, dtype=np.float32)
+    if not np.isfinite(lognorm.data).all():
+        raise InputError("The expression matrix contains NaN or infinite values: fix the input file.")
+    return lognorm, counts, notes
+
+
+def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: BuildOptions | None = None, *,
+                overwrite: bool = False, command: str | None = None,
+                progress: Progress | None = None) -> Path:
+    """Build an atlas bundle from ``source`` (.h5ad, SOMA experiment, generator output).
+
+    Parameters
+    ----------
+    source
+        Input atlas path or URI.
+    out
+        Bundle directory to write (conventionally ``NAME.vcell``).
+    options
+        Harmonisation keys and method parameters.
+    overwrite
+        Replace an existing bundle at ``out``.
+    command
+        The command line to record in the manifest.
+    progress
+        Progress callback.
+
+    Returns
+    -------
+    The bundle path.
+    """
+    from engine.cluster import leiden_clusters
+    from engine.data.genes import gene_table, read_gene_map
+    from engine.data.normalise import GeneStats, select_hvg
+    from engine.data.read import read_source
+    from engine.data.schema import harmonise_obs
+    from engine.data.store import write_store
+    from engine.index import build_index, save_index
+    from engine.layout import umap_layout
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.pca import fit_pca
+    from engine.summaries import compute_summaries
+
+    options = options or BuildOptions()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists: choose another --out or pass --overwrite.")
+    report(progress, 0.0, "reading input")
+    adata = read_source(source)
+    generated = adata.uns.get("vcell_generated")
+    adata, mapping = harmonise_obs(adata, cell_type_key=options.cell_type_key,
+                                   condition_key=options.condition_key, donor_key=options.donor_key,
+                                   batch_key=options.batch_key, reference_condition=options.reference_condition)
+    if adata.n_obs < 10:
+        raise InputError(f"The input has {adata.n_obs} cells; an atlas needs at least 10.")
+    report(progress, 0.05, "normalising")
+    lognorm, counts, matrix_notes = prepare_matrices(adata)
+    genes = gene_table(adata.var, read_gene_map(options.gene_map) if options.gene_map else None)
+    stats = GeneStats()
+    for _, block in _blocks(lognorm):
+        stats.update(block)
+    hvg = select_hvg(stats, n_top=options.n_hvg)
+    genes["highly_variable"] = hvg
+    genes["mean"] = stats.mean.astype(np.float32)
+    genes["frac_expressing"] = (stats.n_expressing / max(stats.n_cells, 1)).astype(np.float32)
+    genes.index = genes.index.astype(str)
+    obs = _clean_obs(adata.obs)
+    del adata
+
+    report(progress, 0.15, "fitting PCA")
+    rng = np.random.default_rng(options.seed)
+    n = lognorm.shape[0]
+    hvg_idx = np.flatnonzero(hvg)
+    sample = np.sort(rng.choice(n, min(n, options.pca_sample), replace=False))
+    model = fit_pca(lognorm[sample][:, hvg_idx], list(genes.index[hvg_idx]), n_components=options.n_pcs,
+                    seed=options.seed)
+    embedding = np.vstack([model.transform(b[:, hvg_idx]) for _, b in _blocks(lognorm)])
+
+    report(progress, 0.3, "building FAISS index")
+    index, index_info = build_index(embedding, seed=options.seed)
+    roles = {"cell_type": "cell_type" if "cell_type" in obs else None,
+             "condition": "disease" if "disease" in obs else None,
+             "donor": "donor_id" if "donor_id" in obs else None,
+             "batch": "batch" if "batch" in obs else None}
+    cell_type_source = mapping.get("cell_type", {}) or {}
+    if roles["cell_type"] is None:
+        report(progress, 0.4, "clustering (the input has no cell types)")
+        obs["cell_type"] = leiden_clusters(index, embedding, seed=options.seed)
+        roles["cell_type"] = "cell_type"
+        cell_type_source = {"source": None, "method": "leiden clusters on the PCA kNN graph",
+                            "note": "no cell-type labels in the input; clusters stand in until label transfer"}
+
+    report(progress, 0.45, "computing the UMAP layout")
+    coords, layout_params = umap_layout(embedding, n_landmarks=options.n_landmarks, seed=options.seed,
+                                        progress=_sub(progress, 0.45, 0.75))
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        report(progress, 0.75, "writing the expression store")
+        write_store(tmp / "store", obs, genes, lognorm, counts)
+        report(progress, 0.85, "summarising groups")
+        summaries = compute_summaries(obs, _blocks(lognorm), lognorm.shape[1],
+                                      _blocks(sp.csr_matrix(counts)) if counts is not None else None)
+        summaries.save(tmp / "summaries")
+        obs.to_parquet(tmp / "cells.parquet")
+        genes.to_parquet(tmp / "genes.parquet")
+        (tmp / "obsm").mkdir()
+        write_npy(tmp / "obsm" / "X_pca.npy", embedding.astype(np.float32))
+        write_npy(tmp / "obsm" / "X_umap.npy", coords)
+        (tmp / "index").mkdir()
+        save_index(index, tmp / "index" / "X_pca.faiss")
+        save_checkpoint(tmp / "model", model.to_checkpoint())
+        report(progress, 0.95, "writing the manifest")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n_cells": int(n),
+            "n_genes": int(lognorm.shape[1]),
+            "gene_hash": gene_hash(list(genes.index)),
+            "gene_ids": "ensembl" if genes["gene_id"].notna().all() and genes.index.equals(pd.Index(genes["gene_id"])) else "symbol",
+            "roles": roles,
+            "harmonisation": {**mapping, "cell_type": cell_type_source},
+            "reference_condition": mapping.get("reference_condition"),
+            "matrices": matrix_notes,
+            "normalisation": {"target_sum": 1e4, "log1p": True},
+            "hvg": {"n_top": int(hvg.sum()), "flavor": "seurat dispersion, 20 mean bins"},
+            "embedding": {"default": "X_pca", "available": ["X_pca"]},
+            "model": {"name": "pca", "n_components": model.n_components,
+                      "explained_variance": float(model.explained_variance_ratio.sum()),
+                      "fit_cells": int(len(sample)), "genes": "highly_variable", "seed": options.seed},
+            "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info.to_dict()},
+            "layout": {"embedding": "X_pca", **layout_params},
+            "quality": {"pca_explained_variance": float(model.explained_variance_ratio.sum()),
+                        "index_recall_at_10": index_info.recall_at_10 if index_info.recall_at_10 is not None else 1.0},
+            "provenance": provenance(str(source), command, generated),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    report(progress, 1.0, f"bundle written to {out}")
+    return out
+
+
+def _clean_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """A parquet-safe copy: string index, text columns as categoricals of str."""
+    obs = obs.copy()
+    obs.index = obs.index.astype(str)
+    for column in obs.columns:
+        values = obs[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            obs[column] = values.cat.rename_categories([str(c) for c in values.cat.categories]) \
+                if not all(isinstance(c, str) for c in values.cat.categories) else values
+        elif values.dtype == object or pd.api.types.is_string_dtype(values) or pd.api.types.is_bool_dtype(values):
+            obs[column] = pd.Categorical(values.astype(str))
+    return obs
+
+
+def _sub(progress: Progress | None, start: float, stop: float) -> Progress | None:
+    """A progress callback mapping ``[0, 1]`` onto ``[start, stop]`` of ``progress``."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (stop - start) * fraction, message)

@@ -1,0 +1,460 @@
+"""Healthy vs disease: cell selection, cell-type composition and differential expression.
+
+The core functions take plain data (a pandas ``obs`` table, a scipy sparse matrix of
+log-normalised values, cells x genes, and gene labels) so they run on any AnnData;
+:func:`compare_conditions` is a thin wrapper over an :class:`~engine.atlas.Atlas`.
+
+Statistics here are the fast, exploratory kind: composition is tested with a Welch t-test on
+per-donor proportions, and differential expression is a cell-level Wilcoxon rank-sum test
+(cells are not independent replicates, so its p-values are optimistic). Donor-aware
+pseudobulk DE plugs in beside it through ``compare_conditions(..., method=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+from engine.errors import EmptySelectionError, InputError, MissingKeyError, suggest
+from engine.progress import Progress, report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.atlas import Atlas
+
+WILCOXON_METHOD = "wilcoxon (cell-level, exploratory)"
+COMPOSITION_METHOD = "welch t-test on per-donor proportions"
+REBUILD_OPTION = {"condition": "--condition-key", "cell_type": "--cell-type-key", "donor": "--donor-key"}
+ROLE_WORDS = {"condition": "condition", "cell_type": "cell-type", "donor": "donor"}
+_BLOCK_NNZ = 4_000_000  # nonzeros ranked at once in rank_genes_wilcoxon (~250 MB peak)
+
+
+# ----------------------------------------------------------------------------- selection
+def _role_column(obs: pd.DataFrame, roles: dict[str, str | None], role: str) -> str:
+    """The obs column playing ``role``, or a MissingKeyError saying how to rebuild."""
+    column = roles.get(role)
+    if column is None or column not in obs.columns:
+        raise MissingKeyError(
+            f"This atlas has no {ROLE_WORDS.get(role, role)} column: rebuild with {REBUILD_OPTION.get(role, '--' + role + '-key')}."
+        )
+    return column
+
+
+def _values(obs: pd.DataFrame, column: str) -> np.ndarray:
+    """The column as an array of strings (NaN stays NaN-like ``"nan"`` and never matches a category)."""
+    return obs[column].astype(str).to_numpy()
+
+
+def _check_value(obs: pd.DataFrame, column: str, value: str, what: str) -> None:
+    present = pd.unique(obs[column].dropna().astype(str))
+    if str(value) not in set(present):
+        listed = ", ".join(sorted(present)[:20])
+        raise InputError(f"Unknown {what} '{value}': choose one of {listed}.{suggest(str(value), present)}")
+
+
+def select_cells(obs: pd.DataFrame, *, condition: str | None = None, cell_type: str | None = None,
+                 roles: dict[str, str | None]) -> np.ndarray:
+    """Positions of the cells in a condition and/or cell type.
+
+    Parameters
+    ----------
+    obs
+        Per-cell table.
+    condition, cell_type
+        Values to keep; ``None`` keeps all.
+    roles
+        Role -> obs column, e.g. ``{"condition": "disease", "cell_type": "cell_type"}``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 row positions.
+
+    Raises
+    ------
+    MissingKeyError
+        A needed role has no column.
+    InputError
+        A value that is not in the column (the valid ones are listed).
+    EmptySelectionError
+        The combination selects no cell.
+    """
+    mask = np.ones(len(obs), dtype=bool)
+    if condition is not None:
+        column = _role_column(obs, roles, "condition")
+        _check_value(obs, column, condition, "condition")
+        mask &= _values(obs, column) == str(condition)
+    if cell_type is not None:
+        column = _role_column(obs, roles, "cell_type")
+        _check_value(obs, column, cell_type, "cell type")
+        mask &= _values(obs, column) == str(cell_type)
+    cells = np.flatnonzero(mask).astype(np.int64)
+    if cells.size == 0:
+        if condition is not None and cell_type is not None:
+            msg = f"No '{cell_type}' cells in condition '{condition}': pick another cell type or condition."
+        elif cell_type is not None:
+            msg = f"No '{cell_type}' cells in this atlas: pick another cell type."
+        elif condition is not None:
+            msg = f"No cells in condition '{condition}': pick another condition."
+        else:
+            msg = "This atlas has no cells: build it from a non-empty input."
+        raise EmptySelectionError(msg)
+    return cells
+
+
+# ----------------------------------------------------------------------------- composition
+def _require_columns(obs: pd.DataFrame, **keys: str | None) -> None:
+    for option, key in keys.items():
+        if key is not None and key not in obs.columns:
+            raise MissingKeyError(
+                f"No obs column '{key}' for the {option.replace('_key', '').replace('_', ' ')}: "
+                f"pass one of {', '.join(map(str, obs.columns))}.{suggest(key, map(str, obs.columns))}"
+            )
+
+
+def composition(obs: pd.DataFrame, *, cell_type_key: str = "cell_type", condition_key: str = "disease",
+                donor_key: str | None = "donor_id") -> pd.DataFrame:
+    """Per-donor cell-type proportions, one row per (condition, donor, cell type).
+
+    Every cell type appears for every (condition, donor) pair that has cells, with zero counts
+    where the donor has none of it. Without a donor column (``donor_key=None``) the table is
+    per condition and ``donor`` repeats the condition.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``condition, donor, cell_type, n_cells, proportion`` (strings, int, float).
+    """
+    _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
+    frame = pd.DataFrame({
+        "condition": obs[condition_key].astype("string").to_numpy(),
+        "donor": obs[donor_key if donor_key is not None else condition_key].astype("string").to_numpy(),
+        "cell_type": obs[cell_type_key].astype("string").to_numpy(),
+    }).dropna()
+    if frame.empty:
+        raise EmptySelectionError("No cell has both a condition and a cell type: check the obs columns.")
+    counts = frame.groupby(["condition", "donor", "cell_type"], observed=True).size()
+    table = counts.unstack("cell_type", fill_value=0)
+    table = table[sorted(table.columns)]
+    long = table.stack().rename("n_cells").reset_index()
+    totals = long.groupby(["condition", "donor"])["n_cells"].transform("sum")
+    long["n_cells"] = long["n_cells"].astype(np.int64)
+    long["proportion"] = long["n_cells"] / totals
+    return long.astype({"condition": str, "donor": str, "cell_type": str}).reset_index(drop=True)
+
+
+def composition_shift(obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str = "cell_type",
+                      condition_key: str = "disease", donor_key: str | None = "donor_id",
+                      pseudocount: float = 1e-3) -> pd.DataFrame:
+    """Change of each cell type's share between conditions ``a`` and ``b``.
+
+    The donor is the unit: proportions are computed per donor and compared with a Welch
+    t-test (two-sided, Benjamini-Hochberg over cell types). With fewer than two donors in
+    either condition, or no donor column, ``pval`` is NaN and ``note`` says why.
+
+    Parameters
+    ----------
+    obs
+        Per-cell table.
+    a, b
+        Reference condition (e.g. healthy) and the one compared with it.
+    pseudocount
+        Added to both mean proportions before ``log2_ratio = log2((mean_prop_b + pc) / (mean_prop_a + pc))``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell type: ``cell_type, n_cells_a, n_cells_b, prop_a, prop_b`` (pooled over
+        cells), ``mean_prop_a, mean_prop_b`` (mean over donors), ``log2_ratio, n_donors_a,
+        n_donors_b, statistic, pval, padj, note``; sorted by ``log2_ratio`` descending.
+        ``attrs["method"]`` names the test.
+    """
+    if str(a) == str(b):
+        raise InputError(f"Both conditions are '{a}': pick two different conditions.")
+    _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
+    for value in (a, b):
+        _check_value(obs, condition_key, value, "condition")
+    long = composition(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
+    a, b = str(a), str(b)
+    rows = []
+    groups = {c: long[long["condition"] == c] for c in (a, b)}
+    n_donors = {c: groups[c]["donor"].nunique() for c in (a, b)}
+    totals = {c: groups[c]["n_cells"].sum() for c in (a, b)}
+    note = ""
+    if donor_key is None:
+        note = "No donor column: proportions are pooled over cells and cannot be tested; rebuild with --donor-key."
+    elif min(n_donors.values()) < 2:
+        note = (f"Too few donors to test: {n_donors[a]} in '{a}' and {n_donors[b]} in '{b}' "
+                "(at least 2 per condition are needed).")
+    for cell_type in sorted(long["cell_type"].unique()):
+        per = {c: groups[c][groups[c]["cell_type"] == cell_type] for c in (a, b)}
+        n = {c: int(per[c]["n_cells"].sum()) for c in (a, b)}
+        mean = {c: float(per[c]["proportion"].mean()) for c in (a, b)}
+        statistic = pval = np.nan
+        row_note = note
+        if not note:
+            pa, pb = per[a]["proportion"].to_numpy(), per[b]["proportion"].to_numpy()
+            if np.ptp(np.r_[pa, pb]) == 0 or (np.var(pa) == 0 and np.var(pb) == 0):
+                row_note = "No donor-to-donor variation in this cell type's share: the test is undefined."
+            else:
+                statistic, pval = (float(v) for v in stats.ttest_ind(pb, pa, equal_var=False))
+        rows.append({
+            "cell_type": cell_type, "n_cells_a": n[a], "n_cells_b": n[b],
+            "prop_a": n[a] / totals[a], "prop_b": n[b] / totals[b],
+            "mean_prop_a": mean[a], "mean_prop_b": mean[b],
+            "log2_ratio": float(np.log2((mean[b] + pseudocount) / (mean[a] + pseudocount))),
+            "n_donors_a": int(n_donors[a]), "n_donors_b": int(n_donors[b]),
+            "statistic": statistic, "pval": pval, "note": row_note,
+        })
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("note"), "padj", _bh_with_nan(table["pval"].to_numpy()))
+    table = table.sort_values("log2_ratio", ascending=False, kind="stable").reset_index(drop=True)
+    table.attrs.update(method=COMPOSITION_METHOD, a=a, b=b)
+    return table
+
+
+# ----------------------------------------------------------------------------- differential expression
+def benjamini_hochberg(pvals: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (monotone, capped at 1)."""
+    p = np.asarray(pvals, dtype=np.float64)
+    if p.size == 0:
+        return p.copy()
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(ranked, 1.0)
+    return out
+
+
+def _bh_with_nan(pvals: np.ndarray) -> np.ndarray:
+    out = np.full(len(pvals), np.nan)
+    ok = np.isfinite(pvals)
+    out[ok] = benjamini_hochberg(pvals[ok])
+    return out
+
+
+def _ranksum_block(data: np.ndarray, rows: np.ndarray, counts: np.ndarray, n_a: int, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Rank sums of group B (rows >= n_a) and tie sums for a block of CSC columns.
+
+    Zeros are ranked implicitly (they are the smallest values, all tied), so only the
+    nonzeros are sorted.
+    """
+    n_genes = counts.size
+    gene = np.repeat(np.arange(n_genes), counts)
+    order = np.lexsort((data, gene))
+    value, gene, in_b = data[order], gene[order], rows[order] >= n_a
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    new = np.ones(value.size, dtype=bool)
+    new[1:] = (gene[1:] != gene[:-1]) | (value[1:] != value[:-1])
+    tie_start = np.flatnonzero(new)
+    tie_len = np.diff(np.r_[tie_start, value.size]).astype(np.float64)
+    zeros = (n - counts).astype(np.float64)
+    # average rank of each tie group: zeros come first, then the group's place among nonzeros
+    tie_gene = gene[tie_start]
+    tie_rank = zeros[tie_gene] + (tie_start - starts[tie_gene]) + (tie_len + 1) / 2
+    rank = np.repeat(tie_rank, tie_len.astype(np.int64))
+    nnz_b = np.bincount(gene[in_b], minlength=n_genes)
+    rank_sum = np.bincount(gene[in_b], weights=rank[in_b], minlength=n_genes)
+    n_b = n - n_a
+    rank_sum += (n_b - nnz_b) * (zeros + 1) / 2
+    ties = np.bincount(tie_gene, weights=tie_len**3 - tie_len, minlength=n_genes) + zeros**3 - zeros
+    return rank_sum, ties
+
+
+def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.ndarray,
+                        gene_labels: Sequence[str], *, pseudocount: float = 0.1,
+                        progress: Progress | None = None) -> pd.DataFrame:
+    """Cell-level Wilcoxon rank-sum test of group B against group A for every gene.
+
+    Exploratory: cells are treated as independent replicates, which they are not (cells of
+    one donor are correlated), so p-values are optimistic; use donor-level pseudobulk DE for
+    inference. The statistic equals scanpy's ``rank_genes_groups(method="wilcoxon",
+    tie_correct=True, reference=A)``: the tie-corrected normal approximation of the
+    Mann-Whitney U, no continuity correction. Genes are ranked in blocks of columns with the
+    zeros handled implicitly, so memory stays O(nonzeros) and nothing is densified.
+
+    Parameters
+    ----------
+    X_a, X_b
+        Non-negative log-normalised values (``log1p`` of counts per 10,000), cells x genes.
+    gene_labels
+        One label per column.
+    pseudocount
+        Added, in normalised counts per 10,000, to both linear-scale means in the fold change.
+    progress
+        Optional ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``gene, log2fc, mean_a, mean_b, pct_a, pct_b, score, pval, padj`` sorted by ``score``
+        descending (up in B first). ``log2fc = log2((mean(expm1 B) + pc) / (mean(expm1 A) + pc))``,
+        the fold change of mean normalised expression (unlike scanpy's ``expm1`` of the mean
+        log value); ``mean_*`` are means of the log-normalised values; ``pct_*`` the fraction of
+        cells with a nonzero value; ``score`` the z-score (positive: higher in B); ``padj``
+        Benjamini-Hochberg. ``attrs["method"] = "wilcoxon (cell-level, exploratory)"``.
+    """
+    X_a, X_b = (sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr() for X in (X_a, X_b))
+    n_a, n_b = X_a.shape[0], X_b.shape[0]
+    if n_a == 0 or n_b == 0:
+        raise EmptySelectionError(f"Group {'A' if n_a == 0 else 'B'} has no cells: pick a non-empty selection.")
+    if X_a.shape[1] != X_b.shape[1] or X_a.shape[1] != len(gene_labels):
+        raise InputError(f"The groups have {X_a.shape[1]} and {X_b.shape[1]} genes but {len(gene_labels)} "
+                         "gene labels were given: pass matrices over the same genes and one label per gene.")
+    n, n_genes = n_a + n_b, X_a.shape[1]
+    report(progress, 0.0, "Combining groups")
+    X = sp.vstack([X_a, X_b], format="csc", dtype=np.float64)
+    X.eliminate_zeros()
+    X.sort_indices()
+    if X.nnz and X.data.min() < 0:
+        raise InputError("Expression has negative values (scaled data?): pass non-negative log-normalised values.")
+    rank_sum = np.zeros(n_genes)
+    ties = np.zeros(n_genes)
+    counts = np.diff(X.indptr)
+    left = 0
+    while left < n_genes:
+        target = X.indptr[left] + _BLOCK_NNZ
+        right = max(left + 1, int(np.searchsorted(X.indptr, target, side="right")) - 1)
+        right = min(right, n_genes)
+        lo, hi = X.indptr[left], X.indptr[right]
+        rank_sum[left:right], ties[left:right] = _ranksum_block(
+            X.data[lo:hi], X.indices[lo:hi], counts[left:right], n_a, n)
+        report(progress, 0.05 + 0.9 * right / n_genes, f"Ranking genes {right:,}/{n_genes:,}")
+        left = right
+    tie_factor = 1.0 - ties / (float(n) ** 3 - n) if n > 1 else np.ones(n_genes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = np.sqrt(tie_factor * n_a * n_b * (n + 1) / 12.0)
+        score = (rank_sum - n_b * (n + 1) / 2.0) / sd
+    score[~np.isfinite(score)] = 0.0
+    pval = 2 * stats.norm.sf(np.abs(score))
+
+    def means(M: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lin = M.copy().astype(np.float64)
+        lin.data = np.expm1(lin.data)
+        size = M.shape[0]
+        return (np.asarray(M.sum(axis=0)).ravel() / size, np.asarray(lin.sum(axis=0)).ravel() / size,
+                np.asarray((M > 0).sum(axis=0)).ravel() / size)
+
+    mean_a, lin_a, pct_a = means(X_a)
+    mean_b, lin_b, pct_b = means(X_b)
+    table = pd.DataFrame({
+        "gene": [str(g) for g in gene_labels],
+        "log2fc": np.log2((lin_b + pseudocount) / (lin_a + pseudocount)),
+        "mean_a": mean_a, "mean_b": mean_b, "pct_a": pct_a, "pct_b": pct_b,
+        "score": score, "pval": pval, "padj": benjamini_hochberg(pval),
+    })
+    table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    table.attrs.update(method=WILCOXON_METHOD, n_cells_a=n_a, n_cells_b=n_b, pseudocount=pseudocount)
+    report(progress, 1.0, "Differential expression done")
+    return table
+
+
+def volcano_frame(de: pd.DataFrame, *, lfc_threshold: float = 1.0, padj_threshold: float = 0.05,
+                  max_neg_log10: float = 300.0) -> pd.DataFrame:
+    """A copy of a DE table ready for a volcano plot.
+
+    Adds ``neg_log10_padj`` (``-log10 padj``, clipped to ``[0, max_neg_log10]`` so padj = 0 stays
+    finite) and ``category``: ``"up"`` (padj < threshold and log2fc >= lfc_threshold), ``"down"``
+    (padj < threshold and log2fc <= -lfc_threshold) or ``"n.s."``.
+    """
+    for column in ("log2fc", "padj"):
+        if column not in de.columns:
+            raise MissingKeyError(f"The DE table has no '{column}' column: pass a table from rank_genes_wilcoxon.")
+    out = de.copy()
+    padj = out["padj"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        out["neg_log10_padj"] = np.clip(-np.log10(np.nan_to_num(padj, nan=1.0)), 0.0, max_neg_log10)
+    significant = padj < padj_threshold
+    lfc = out["log2fc"].to_numpy(dtype=np.float64)
+    out["category"] = np.where(significant & (lfc >= lfc_threshold), "up",
+                               np.where(significant & (lfc <= -lfc_threshold), "down", "n.s."))
+    out.attrs.update(lfc_threshold=lfc_threshold, padj_threshold=padj_threshold)
+    return out
+
+
+# ----------------------------------------------------------------------------- atlas wrapper
+@dataclass
+class CompareResult:
+    """Condition ``b`` compared with condition ``a`` (``a`` is the reference, e.g. healthy).
+
+    ``composition`` is the :func:`composition_shift` table over all cell types (``None`` when
+    the atlas has no cell-type column); ``de`` the differential-expression table within
+    ``cell_type`` (all cells when ``None``).
+    """
+
+    a: str
+    b: str
+    cell_type: str | None
+    composition: pd.DataFrame | None
+    de: pd.DataFrame
+    n_cells_a: int
+    n_cells_b: int
+    subsampled: bool
+    method: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def subsample(cells: np.ndarray, max_cells: int | None, seed: int, stream: int = 0) -> np.ndarray:
+    """At most ``max_cells`` of ``cells`` (sorted), drawn reproducibly from ``(seed, stream)``."""
+    if max_cells is None or cells.size <= max_cells:
+        return cells
+    rng = np.random.default_rng([seed, stream])
+    return np.sort(rng.choice(cells, size=max_cells, replace=False))
+
+
+def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = None,
+                       max_cells_per_group: int | None = 20_000, seed: int = 0, method: str = "wilcoxon",
+                       progress: Progress | None = None) -> CompareResult:
+    """Compare condition ``b`` against ``a`` in an atlas: composition shift and DE genes.
+
+    Parameters
+    ----------
+    atlas
+        An opened atlas bundle.
+    a, b
+        Reference condition (e.g. healthy) and the one compared with it.
+    cell_type
+        Restrict DE to this cell type; ``None`` uses all cells.
+    max_cells_per_group
+        Larger groups are subsampled reproducibly (``seed``) to this many cells.
+    method
+        DE method; ``"wilcoxon"`` (cell-level, exploratory) for now.
+    """
+    if method != "wilcoxon":
+        raise InputError(f"Unknown DE method '{method}': use 'wilcoxon'.")
+    obs, roles = atlas.obs, atlas.roles
+    _role_column(obs, roles, "condition")
+    if str(a) == str(b):
+        raise InputError(f"Both conditions are '{a}': pick two different conditions.")
+    report(progress, 0.0, "Selecting cells")
+    cells_a = select_cells(obs, condition=a, cell_type=cell_type, roles=roles)
+    cells_b = select_cells(obs, condition=b, cell_type=cell_type, roles=roles)
+    sub_a = subsample(cells_a, max_cells_per_group, seed, 0)
+    sub_b = subsample(cells_b, max_cells_per_group, seed, 1)
+    subsampled = sub_a.size < cells_a.size or sub_b.size < cells_b.size
+    warnings = []
+    if subsampled:
+        warnings.append(f"Subsampled to {max_cells_per_group:,} cells per condition for the DE test (seed {seed}).")
+    composition_table = None
+    if roles.get("cell_type") is not None and roles["cell_type"] in obs.columns:
+        donor_key = roles.get("donor") if roles.get("donor") in obs.columns else None
+        composition_table = composition_shift(obs, a, b, cell_type_key=roles["cell_type"],
+                                              condition_key=roles["condition"], donor_key=donor_key)
+    report(progress, 0.1, "Reading expression")
+    X_a = atlas.expression(sub_a)
+    X_b = atlas.expression(sub_b)
+
+    def sub_progress(fraction: float, message: str) -> None:
+        report(progress, 0.2 + 0.8 * fraction, message)
+
+    de = rank_genes_wilcoxon(X_a, X_b, atlas.genes.labels, progress=sub_progress)
+    return CompareResult(a=str(a), b=str(b), cell_type=cell_type, composition=composition_table, de=de,
+                         n_cells_a=int(sub_a.size), n_cells_b=int(sub_b.size), subsampled=subsampled,
+                         method=WILCOXON_METHOD, warnings=warnings)

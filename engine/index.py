@@ -1,0 +1,164 @@
+"""Nearest-neighbour index over an embedding, with FAISS.
+
+The index type is chosen by atlas size: exact (``Flat``) for small atlases, inverted lists
+(``IVF...``) for large ones, with the search breadth (``nprobe``) tuned against exact search
+on a sample of queries until recall@10 reaches a target. Row ``i`` of the index is cell ``i``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import BundleError, InputError
+from engine.fileio import atomic_path
+from engine.progress import Progress, report
+
+EXACT_LIMIT = 200_000
+
+
+@dataclass
+class IndexInfo:
+    """How an index was made, recorded in the bundle manifest."""
+
+    factory: str
+    metric: str
+    n: int
+    dim: int
+    nprobe: int | None = None
+    recall_at_10: float | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for JSON."""
+        return asdict(self)
+
+
+def choose_factory(n: int, dim: int) -> str:
+    """A FAISS factory string suited to ``n`` vectors of width ``dim``.
+
+    Exact search up to ``EXACT_LIMIT`` vectors; above, ``IVF{nlist},Flat`` with about
+    ``4 * sqrt(n)`` lists (the usual FAISS guidance).
+    """
+    if n <= EXACT_LIMIT:
+        return "Flat"
+    nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
+    return f"IVF{nlist},Flat"
+
+
+def _metric(name: str) -> int:
+    import faiss
+
+    if name == "l2":
+        return faiss.METRIC_L2
+    if name == "ip":
+        return faiss.METRIC_INNER_PRODUCT
+    raise InputError(f"Unknown index metric '{name}': use 'l2' or 'ip' (inner product on normalised vectors).")
+
+
+def build_index(embedding: np.ndarray, *, factory: str | None = None, metric: str = "l2",
+                target_recall: float = 0.95, seed: int = 0, progress: Progress | None = None):
+    """Build a FAISS index whose row ``i`` is ``embedding[i]``.
+
+    Parameters
+    ----------
+    embedding
+        ``(n_cells, dim)`` float32 (memory-mapped is fine).
+    factory
+        FAISS factory string; chosen by :func:`choose_factory` when ``None``.
+    metric
+        ``"l2"`` or ``"ip"``.
+    target_recall
+        For approximate indexes, ``nprobe`` is doubled until recall@10 against exact
+        search on a sample of queries reaches this.
+    seed
+        Seed for the training sample and query sample.
+
+    Returns
+    -------
+    index, IndexInfo
+    """
+    import faiss
+
+    x = np.ascontiguousarray(embedding, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise InputError("Cannot index an empty embedding: the atlas has no cells.")
+    if not np.isfinite(x).all():
+        raise InputError("The embedding contains NaN or infinite values: check the input data and model.")
+    n, dim = x.shape
+    factory = factory or choose_factory(n, dim)
+    index = faiss.index_factory(dim, factory, _metric(metric))
+    info = IndexInfo(factory=factory, metric=metric, n=n, dim=dim)
+    rng = np.random.default_rng(seed)
+    if not index.is_trained:
+        report(progress, 0.05, f"training {factory}")
+        n_train = min(n, 256 * max(getattr(faiss.extract_index_ivf(index), "nlist", 1), 1))
+        index.train(x[np.sort(rng.choice(n, n_train, replace=False))])
+    chunk = 100_000
+    for start in range(0, n, chunk):
+        report(progress, 0.1 + 0.7 * start / n, f"adding vectors to {factory}")
+        index.add(x[start:start + chunk])
+    if "IVF" in factory:
+        info.nprobe, info.recall_at_10 = _tune_nprobe(index, x, metric, target_recall, rng)
+    report(progress, 1.0, "index built")
+    return index, info
+
+
+def _tune_nprobe(index, x: np.ndarray, metric: str, target: float, rng) -> tuple[int, float]:
+    """Double ``nprobe`` until recall@10 against exact search reaches ``target``."""
+    import faiss
+
+    queries = x[rng.choice(len(x), min(len(x), 1000), replace=False)]
+    exact = faiss.IndexFlat(x.shape[1], _metric(metric))
+    exact.add(x)
+    _, truth = exact.search(queries, 10)
+    ivf = faiss.extract_index_ivf(index)
+    nprobe, recall = 1, 0.0
+    while nprobe <= ivf.nlist:
+        ivf.nprobe = nprobe
+        _, found = index.search(queries, 10)
+        recall = recall_at_k(found, truth)
+        if recall >= target:
+            break
+        nprobe *= 2
+    return ivf.nprobe, recall
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true ``k`` neighbours found, per query."""
+    hits = [len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth)]
+    return float(np.mean(hits) / truth.shape[1])
+
+
+def save_index(index, path: str | os.PathLike) -> None:
+    """Write ``index`` atomically (GPU indexes are moved to the CPU first)."""
+    import faiss
+
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        index = faiss.index_gpu_to_cpu(index)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | os.PathLike, nprobe: int | None = None):
+    """Read an index written by :func:`save_index`."""
+    import faiss
+
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"The FAISS index {path} is missing: rebuild the bundle with `vcell build`.")
+    index = faiss.read_index(str(path))
+    if nprobe is not None:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, ids)`` of the ``k`` nearest rows for each query row."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    k = int(min(k, index.ntotal))
+    return index.search(q, k)
