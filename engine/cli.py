@@ -1,0 +1,156 @@
+"""``vcell``: the command line. Thin wrappers over public engine functions.
+
+Errors meant for the user (:class:`~engine.errors.VCellError`) print one sentence and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.errors import VCellError
+
+APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("harmonisation (obs columns are guessed when not given)")
+    g.add_argument("--cell-type-key", help="obs column holding cell types (e.g. seurat_annotations)")
+    g.add_argument("--condition-key", help="obs column holding the condition / disease (e.g. stim)")
+    g.add_argument("--donor-key", help="obs column holding donors or samples (e.g. sample_id)")
+    g.add_argument("--batch-key", help="obs column holding batches")
+    g.add_argument("--reference-condition", help="the healthy / control condition value (e.g. Healthy)")
+    g.add_argument("--gene-map", help="TSV/CSV of Ensembl ID and gene symbol, to fill the missing side")
+    m = p.add_argument_group("methods")
+    m.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes for the embedding")
+    m.add_argument("--n-pcs", type=int, default=50, help="PCA components")
+    m.add_argument("--seed", type=int, default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vcell", description="Virtual Cell Explorer: build and explore atlas bundles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a generated (synthetic) atlas with known ground truth")
+    p.add_argument("--cells", type=int, default=50_000, help="number of cells")
+    p.add_argument("--genes", type=int, default=None, help="number of genes (default: the 765 real profile genes)")
+    p.add_argument("--donors", type=int, default=4, help="donors per condition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["soma", "h5ad"], default="soma")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = sub.add_parser("build", help="build an atlas bundle from .h5ad, a SOMA experiment or generated data")
+    p.add_argument("input", help="input .h5ad file, TileDB-SOMA experiment (path or URI) or `vcell generate` output")
+    p.add_argument("--out", required=True, help="bundle directory to write, e.g. covid.vcell")
+    p.add_argument("--overwrite", action="store_true")
+    _add_build_options(p)
+
+    p = sub.add_parser("validate", help="check a bundle's parts against its manifest")
+    p.add_argument("bundle")
+
+    p = sub.add_parser("serve", help="open the dashboard on a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser window")
+
+    p = sub.add_parser("demo", help="generate a demo atlas, build it and open the dashboard")
+    p.add_argument("--cells", type=int, default=30_000)
+    p.add_argument("--dir", default="demo", help="where the demo atlas and bundle go")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true")
+    p.add_argument("--no-serve", action="store_true", help="build only")
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from engine.build import BuildOptions
+
+    return BuildOptions(cell_type_key=args.cell_type_key, condition_key=args.condition_key,
+                        donor_key=args.donor_key, batch_key=args.batch_key,
+                        reference_condition=args.reference_condition, gene_map=args.gene_map,
+                        n_hvg=args.n_hvg, n_pcs=args.n_pcs, seed=args.seed)
+
+
+def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -> int:
+    """Start the Streamlit dashboard on ``bundle`` (after checking it opens)."""
+    from engine.atlas import read_atlas
+
+    read_atlas(bundle)  # fail here, in one sentence, rather than inside the app
+    env = {**os.environ, "VCELL_BUNDLE": str(Path(bundle).resolve())}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+           "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false"]
+    print(f"serving {bundle} at http://localhost:{port}", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vcell`` console script."""
+    args = _parser().parse_args(argv)
+    command = "vcell " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        return _run(args, command)
+    except (VCellError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    from engine.progress import tqdm_progress
+
+    if args.command == "generate":
+        from engine.data.generate import generate_atlas
+
+        out = generate_atlas(args.out, args.cells, n_genes=args.genes, n_donors_per_condition=args.donors,
+                             seed=args.seed, fmt=args.format, overwrite=args.overwrite,
+                             progress=tqdm_progress("generate"))
+        print(f"GENERATED atlas ({args.cells:,} synthetic cells) written to {out}")
+        return 0
+    if args.command == "build":
+        from engine.build import build_atlas
+
+        out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
+                          progress=tqdm_progress("build"))
+        print(f"bundle written to {out}; open it with: vcell serve {out}")
+        return 0
+    if args.command == "validate":
+        from engine.atlas import validate_atlas
+
+        problems = validate_atlas(args.bundle)
+        for problem in problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        print(f"{args.bundle}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+        return 0 if not problems else 1
+    if args.command == "serve":
+        return serve(args.bundle, args.port, args.headless)
+    if args.command == "demo":
+        return _demo(args, command)
+    raise AssertionError(args.command)
+
+
+def _demo(args: argparse.Namespace, command: str) -> int:
+    """Generate (once) a demo atlas, build (once) its bundle, and serve it."""
+    from engine.build import BuildOptions, build_atlas
+    from engine.data.generate import generate_atlas
+    from engine.progress import tqdm_progress
+
+    root = Path(args.dir)
+    source = root / f"generated-{args.cells}"
+    bundle = root / f"generated-{args.cells}.vcell"
+    if not source.exists():
+        generate_atlas(source, args.cells, progress=tqdm_progress("generate"))
+    if not bundle.exists():
+        build_atlas(source, bundle, BuildOptions(), command=command, progress=tqdm_progress("build"))
+    if args.no_serve:
+        print(f"demo bundle ready at {bundle}")
+        return 0
+    return serve(bundle, args.port, args.headless)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
