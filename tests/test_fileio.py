@@ -1,0 +1,34 @@
+"""Atomic writes leave nothing half-written behind."""
+
+import pytest
+
+from engine.fileio import atomic_dir, write_json
+
+
+def test_failed_build_leaves_no_directory(tmp_path):
+    target = tmp_path / "bundle"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "part").write_text("x")
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_on_success(tmp_path):
+    target = tmp_path / "bundle"
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(FileExistsError):
+        with atomic_dir(target):
+            pass
+    with pytest.raises(ValueError):
+        with atomic_dir(target, overwrite=True) as tmp:
+            (tmp / "v").write_text("2")
+            raise ValueError("fail")
+    assert (target / "v").read_text() == "1"
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert (tmp_path / "m.json").read_text().strip().startswith("{")
