@@ -95,6 +95,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     from engine.data.read import read_source
     from engine.data.schema import harmonise_obs
     from engine.data.store import write_store
+    from engine.evaluate import knn_label_agreement
     from engine.index import build_index, save_index
     from engine.layout import umap_layout
     from engine.models.checkpoint import save_checkpoint
@@ -143,7 +144,11 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
              "donor": "donor_id" if "donor_id" in obs else None,
              "batch": "batch" if "batch" in obs else None}
     cell_type_source = mapping.get("cell_type", {}) or {}
-    if roles["cell_type"] is None:
+    quality = {"pca_explained_variance": float(model.explained_variance_ratio.sum()),
+               "index_recall_at_10": index_info.recall_at_10 if index_info.recall_at_10 is not None else 1.0}
+    if roles["cell_type"] is not None:
+        quality.update(knn_label_agreement(index, embedding, obs["cell_type"], seed=options.seed))
+    else:
         report(progress, 0.4, "clustering (the input has no cell types)")
         obs["cell_type"] = leiden_clusters(index, embedding, seed=options.seed)
         roles["cell_type"] = "cell_type"
@@ -189,8 +194,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
                       "fit_cells": int(len(sample)), "genes": "highly_variable", "seed": options.seed},
             "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info.to_dict()},
             "layout": {"embedding": "X_pca", **layout_params},
-            "quality": {"pca_explained_variance": float(model.explained_variance_ratio.sum()),
-                        "index_recall_at_10": index_info.recall_at_10 if index_info.recall_at_10 is not None else 1.0},
+            "quality": quality,
             "provenance": provenance(str(source), command, generated),
         }
         write_json(tmp / "manifest.json", manifest)

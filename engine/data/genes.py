@@ -53,35 +53,29 @@ def gene_table(var: pd.DataFrame, gene_map: pd.DataFrame | None = None) -> pd.Da
         dtype; ``None`` where unknown). IDs keep their version suffix as given.
     """
     index = [str(v) for v in var.index]
-    ids = pd.Series(_only_ensembl(index), index=var.index, dtype=object)
-    symbols = pd.Series([None if i else v for v, i in zip(_clean(index), ids)], index=var.index, dtype=object)
+    ids = _only_ensembl(index)
+    symbols = [None if i else v for v, i in zip(_clean(index), ids)]
     for column in _columns(var, ID_COLUMNS):
         values = var[column].astype(object).to_numpy()
         if _ensembl_fraction(values) >= _MIN_ENSEMBL_FRACTION:
-            ids = ids.where(ids.notna(), pd.Series(_only_ensembl(values), index=var.index, dtype=object))
+            ids = [i if i else v for i, v in zip(ids, _only_ensembl(values))]
             break
     for column in _columns(var, SYMBOL_COLUMNS):
         values = _clean(var[column].astype(object).to_numpy())
         if _ensembl_fraction(values) < _MIN_ENSEMBL_FRACTION:
-            values = [None if v is None or is_ensembl(v) else v for v in values]
-            symbols = symbols.where(symbols.notna(), pd.Series(values, index=var.index, dtype=object))
+            symbols = [s if s else (None if v is None or is_ensembl(v) else v) for s, v in zip(symbols, values)]
             break
 
     if gene_map is not None and len(gene_map):
         id_col, symbol_col = gene_map.columns[:2]
-        map_ids = gene_map[id_col].astype(str).map(strip_version)
-        map_symbols = gene_map[symbol_col].astype(object)
-        to_symbol = dict(zip(map_ids, map_symbols))
-        to_id = dict(zip(map_symbols.astype(str).str.upper(), gene_map[id_col].astype(str)))
-        need_symbol = symbols.isna() & ids.notna()
-        symbols[need_symbol] = [to_symbol.get(strip_version(i)) for i in ids[need_symbol]]
-        need_id = ids.isna() & symbols.notna()
-        ids[need_id] = [to_id.get(str(s).upper()) for s in symbols[need_id]]
-        symbols = symbols.where(symbols.notna(), None)
-        ids = ids.where(ids.notna(), None)
+        pairs = [(str(i).strip(), str(s).strip()) for i, s in zip(gene_map[id_col], gene_map[symbol_col])
+                 if not _missing(i) and not _missing(s)]
+        to_symbol = {strip_version(i): s for i, s in reversed(pairs)}
+        to_id = {s.upper(): i for i, s in reversed(pairs)}
+        symbols = [s if s or not i else to_symbol.get(strip_version(i)) for s, i in zip(symbols, ids)]
+        ids = [i if i or not s else to_id.get(s.upper()) for s, i in zip(symbols, ids)]
 
-    return pd.DataFrame({"gene_id": ids.to_numpy(dtype=object),
-                         "gene_symbol": symbols.to_numpy(dtype=object)}, index=var.index)
+    return pd.DataFrame({"gene_id": ids, "gene_symbol": symbols}, index=var.index, dtype=object)
 
 
 def read_gene_map(path: str | os.PathLike) -> pd.DataFrame:
@@ -98,9 +92,8 @@ def read_gene_map(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"Gene map file '{path}' does not exist: give a TSV or CSV of Ensembl ID and symbol.")
-    sep = "," if path.suffix.lower() == ".csv" else None
     try:
-        table = pd.read_csv(path, sep=sep, engine="python", header=None, dtype=str, comment="#")
+        table = pd.read_csv(path, sep=_separator(path), engine="python", header=None, dtype=str, comment="#")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(f"Gene map file '{path}' could not be read as a table ({err}): give a TSV or CSV "
                          "with an Ensembl ID column and a symbol column.") from None
@@ -215,6 +208,15 @@ class GeneIndex:
         if key in self._lookup:
             return self._lookup[key]
         return self._lookup.get(strip_version(key)) if is_ensembl(key) else None
+
+
+def _separator(path: Path) -> str:
+    """Tab, comma or whitespace, from the first data line of ``path``."""
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            if line.strip() and not line.startswith("#"):
+                return "\t" if "\t" in line else "," if "," in line else r"\s+"
+    return "\t"
 
 
 def _ensembl_fraction(values) -> float:
