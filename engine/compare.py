@@ -45,13 +45,25 @@ def _role_column(obs: pd.DataFrame, roles: dict[str, str | None], role: str) -> 
     return column
 
 
-def _values(obs: pd.DataFrame, column: str) -> np.ndarray:
-    """The column as an array of strings (NaN stays NaN-like ``"nan"`` and never matches a category)."""
-    return obs[column].astype(str).to_numpy()
+def _present(series: pd.Series) -> list[str]:
+    """Values that occur in a column, as strings (fast on categoricals of millions of rows)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = series.cat.codes.to_numpy()
+        used = np.bincount(codes[codes >= 0], minlength=len(series.cat.categories)) > 0
+        return [str(c) for c in series.cat.categories[used]]
+    return [str(v) for v in pd.unique(series.dropna())]
+
+
+def _mask(series: pd.Series, value: str) -> np.ndarray:
+    """Boolean mask of the rows equal to ``value`` (compared as strings)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        hits = np.flatnonzero(series.cat.categories.astype(str) == str(value))
+        return np.isin(series.cat.codes.to_numpy(), hits)
+    return series.astype(str).to_numpy() == str(value)
 
 
 def _check_value(obs: pd.DataFrame, column: str, value: str, what: str) -> None:
-    present = pd.unique(obs[column].dropna().astype(str))
+    present = _present(obs[column])
     if str(value) not in set(present):
         listed = ", ".join(sorted(present)[:20])
         raise InputError(f"Unknown {what} '{value}': choose one of {listed}.{suggest(str(value), present)}")
@@ -88,11 +100,11 @@ def select_cells(obs: pd.DataFrame, *, condition: str | None = None, cell_type: 
     if condition is not None:
         column = _role_column(obs, roles, "condition")
         _check_value(obs, column, condition, "condition")
-        mask &= _values(obs, column) == str(condition)
+        mask &= _mask(obs[column], condition)
     if cell_type is not None:
         column = _role_column(obs, roles, "cell_type")
         _check_value(obs, column, cell_type, "cell type")
-        mask &= _values(obs, column) == str(cell_type)
+        mask &= _mask(obs[column], cell_type)
     cells = np.flatnonzero(mask).astype(np.int64)
     if cells.size == 0:
         if condition is not None and cell_type is not None:
@@ -131,14 +143,16 @@ def composition(obs: pd.DataFrame, *, cell_type_key: str = "cell_type", conditio
         Columns ``condition, donor, cell_type, n_cells, proportion`` (strings, int, float).
     """
     _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
-    frame = pd.DataFrame({
-        "condition": obs[condition_key].astype("string").to_numpy(),
-        "donor": obs[donor_key if donor_key is not None else condition_key].astype("string").to_numpy(),
-        "cell_type": obs[cell_type_key].astype("string").to_numpy(),
-    }).dropna()
-    if frame.empty:
+    keys = [obs[condition_key].rename("condition"),
+            obs[donor_key if donor_key is not None else condition_key].rename("donor"),
+            obs[cell_type_key].rename("cell_type")]
+    counts = pd.Series(np.ones(len(obs), dtype=np.int64)).groupby(
+        [k.reset_index(drop=True) for k in keys], observed=True, dropna=True).sum()
+    if counts.empty:
         raise EmptySelectionError("No cell has both a condition and a cell type: check the obs columns.")
-    counts = frame.groupby(["condition", "donor", "cell_type"], observed=True).size()
+    counts.index = pd.MultiIndex.from_arrays([counts.index.get_level_values(i).astype(str) for i in range(3)],
+                                             names=["condition", "donor", "cell_type"])
+    counts = counts[counts > 0]
     table = counts.unstack("cell_type", fill_value=0)
     table = table[sorted(table.columns)]
     long = table.stack().rename("n_cells").reset_index()
@@ -247,9 +261,20 @@ def _ranksum_block(data: np.ndarray, rows: np.ndarray, counts: np.ndarray, n_a: 
     nonzeros are sorted.
     """
     n_genes = counts.size
-    gene = np.repeat(np.arange(n_genes), counts)
-    order = np.lexsort((data, gene))
-    value, gene, in_b = data[order], gene[order], rows[order] >= n_a
+    if data.dtype == np.float32:
+        # one uint64 sort key per nonzero: gene | value bits (order-preserving for x >= 0) | in B
+        key = np.repeat(np.arange(n_genes, dtype=np.uint64), counts) << np.uint64(33)
+        key |= data.view(np.uint32).astype(np.uint64) << np.uint64(1)
+        key |= (rows >= n_a).astype(np.uint64)
+        key.sort()
+        gene = (key >> np.uint64(33)).astype(np.int64)
+        value = key >> np.uint64(1)  # gene and value bits: equal exactly when both are equal
+        in_b = (key & np.uint64(1)).astype(bool)
+        del key
+    else:
+        gene = np.repeat(np.arange(n_genes), counts)
+        order = np.lexsort((data, gene))
+        value, gene, in_b = data[order], gene[order], rows[order] >= n_a
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     new = np.ones(value.size, dtype=bool)
     new[1:] = (gene[1:] != gene[:-1]) | (value[1:] != value[:-1])
@@ -278,7 +303,8 @@ def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.nda
     inference. The statistic equals scanpy's ``rank_genes_groups(method="wilcoxon",
     tie_correct=True, reference=A)``: the tie-corrected normal approximation of the
     Mann-Whitney U, no continuity correction. Genes are ranked in blocks of columns with the
-    zeros handled implicitly, so memory stays O(nonzeros) and nothing is densified.
+    zeros handled implicitly (one integer sort per block), so memory stays O(nonzeros) and
+    nothing is densified.
 
     Parameters
     ----------
@@ -310,9 +336,12 @@ def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.nda
                          "gene labels were given: pass matrices over the same genes and one label per gene.")
     n, n_genes = n_a + n_b, X_a.shape[1]
     report(progress, 0.0, "Combining groups")
-    X = sp.vstack([X_a, X_b], format="csc", dtype=np.float64)
+    X = sp.vstack([X_a, X_b], format="csr")
+    exact32 = X.dtype == np.float32 or np.array_equal(X.data.astype(np.float32).astype(X.dtype), X.data)
+    X = X.astype(np.float32 if exact32 else np.float64).tocsc()
     X.eliminate_zeros()
-    X.sort_indices()
+    if X.nnz and not np.isfinite(X.data).all():
+        raise InputError("Expression has NaN or infinite values: pass finite log-normalised values.")
     if X.nnz and X.data.min() < 0:
         raise InputError("Expression has negative values (scaled data?): pass non-negative log-normalised values.")
     rank_sum = np.zeros(n_genes)
