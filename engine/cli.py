@@ -101,21 +101,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
-    from engine.progress import tqdm_progress
+    from engine.progress import TqdmProgress
 
     if args.command == "generate":
         from engine.data.generate import generate_atlas
 
-        out = generate_atlas(args.out, args.cells, n_genes=args.genes, n_donors_per_condition=args.donors,
-                             seed=args.seed, fmt=args.format, overwrite=args.overwrite,
-                             progress=tqdm_progress("generate"))
+        with TqdmProgress("generate") as progress:
+            out = generate_atlas(args.out, args.cells, n_genes=args.genes, n_donors_per_condition=args.donors,
+                                 seed=args.seed, fmt=args.format, overwrite=args.overwrite, progress=progress)
         print(f"GENERATED atlas ({args.cells:,} synthetic cells) written to {out}")
         return 0
     if args.command == "build":
         from engine.build import build_atlas
 
-        out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
-                          progress=tqdm_progress("build"))
+        with TqdmProgress("build") as progress:
+            out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
+                              progress=progress)
         print(f"bundle written to {out}; open it with: vcell serve {out}")
         return 0
     if args.command == "validate":
@@ -137,15 +138,17 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     """Generate (once) a demo atlas, build (once) its bundle, and serve it."""
     from engine.build import BuildOptions, build_atlas
     from engine.data.generate import generate_atlas
-    from engine.progress import tqdm_progress
+    from engine.progress import TqdmProgress
 
     root = Path(args.dir)
     source = root / f"generated-{args.cells}"
     bundle = root / f"generated-{args.cells}.vcell"
     if not source.exists():
-        generate_atlas(source, args.cells, progress=tqdm_progress("generate"))
+        with TqdmProgress("generate") as progress:
+            generate_atlas(source, args.cells, progress=progress)
     if not bundle.exists():
-        build_atlas(source, bundle, BuildOptions(), command=command, progress=tqdm_progress("build"))
+        with TqdmProgress("build") as progress:
+            build_atlas(source, bundle, BuildOptions(), command=command, progress=progress)
     if args.no_serve:
         print(f"demo bundle ready at {bundle}")
         return 0

@@ -1,7 +1,7 @@
 """Progress reporting that works in a terminal and in the dashboard.
 
 Long engine functions accept ``progress: Progress | None``. The CLI passes
-:func:`tqdm_progress`; the app passes a callback that drives ``st.progress``. The engine
+:class:`TqdmProgress`; the app passes a callback that drives ``st.progress``. The engine
 itself never imports a user-interface library beyond tqdm.
 """
 
@@ -32,20 +32,31 @@ def track(items: Iterable[T], total: int, progress: Progress | None, message: st
     report(progress, stop, message)
 
 
-def tqdm_progress(desc: str = "vcell") -> Progress:
-    """Return a progress callback that draws one tqdm bar, with the step as its postfix."""
-    from tqdm.auto import tqdm
+class TqdmProgress:
+    """A progress callback drawing one tqdm bar, with the current step as its postfix.
 
-    bar = tqdm(total=1000, desc=desc, unit="‰", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-    state = {"last": 0}
+    Use it as a context manager so the bar is closed (and its line ended) even on error.
+    """
 
-    def callback(fraction: float, message: str) -> None:
+    def __init__(self, desc: str = "vcell"):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=1000, desc=desc, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+        self._done = 0
+
+    def __call__(self, fraction: float, message: str) -> None:
         done = int(round(fraction * 1000))
-        if done > state["last"]:
-            bar.update(done - state["last"])
-            state["last"] = done
-        bar.set_postfix_str(message, refresh=True)
-        if done >= 1000:
-            bar.close()
+        if done > self._done:
+            self._bar.update(done - self._done)
+            self._done = done
+        self._bar.set_postfix_str(message, refresh=True)
 
-    return callback
+    def close(self) -> None:
+        """End the bar's line."""
+        self._bar.close()
+
+    def __enter__(self) -> "TqdmProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -72,3 +72,35 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
 def counts_adata() -> ad.AnnData:
     """A fresh small raw-count AnnData (see :func:`make_counts_adata`)."""
     return make_counts_adata()
+
+
+def _build_shared_bundle(tmp_path_factory, file_name: str, **options):
+    """Build a bundle from a file in ../shared/data once per test session."""
+    from engine.build import BuildOptions, build_atlas
+
+    source = shared_file(file_name)
+    out = tmp_path_factory.mktemp("bundles") / (Path(file_name).stem + ".vcell")
+    return build_atlas(source, out, BuildOptions(**options))
+
+
+@pytest.fixture(scope="session")
+def covid_bundle(tmp_path_factory) -> Path:
+    """The COVID-19 vs healthy PBMC subset (condition, donor_id; no cell types) as a bundle."""
+    return _build_shared_bundle(tmp_path_factory, "covid_pbmc_combat_subset.h5ad")
+
+
+@pytest.fixture(scope="session")
+def kang_bundle(tmp_path_factory) -> Path:
+    """Kang et al. interferon-beta vs control PBMC (stim, seurat_annotations) as a bundle."""
+    return _build_shared_bundle(tmp_path_factory, "kang_ifnb_1k.h5ad")
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory) -> Path:
+    """A bundle of a generated atlas of 3,000 cells (three conditions, donors, batches), built once."""
+    from engine.build import BuildOptions, build_atlas
+    from engine.data.generate import generate_atlas
+
+    root = tmp_path_factory.mktemp("small_bundle")
+    source = generate_atlas(root / "generated-3000", 3000, seed=0)
+    return build_atlas(source, root / "generated-3000.vcell", BuildOptions(n_landmarks=1000))
