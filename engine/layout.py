@@ -1,7 +1,8 @@
 """The 2-D map of an atlas: UMAP on landmark cells, every other cell placed among them.
 
 A full UMAP on millions of cells does not fit a 2-core machine's time budget, and
-umap-learn's ``transform`` is slow. So UMAP is fitted on a reproducible sample of landmark
+umap-learn's ``transform`` is slow. The landmarks' kNN graph is computed exactly with FAISS
+and handed to UMAP (``precomputed_knn``). So UMAP is fitted on a reproducible sample of landmark
 cells and each remaining cell is placed at the distance-weighted mean position of its
 nearest landmarks in the embedding (found with FAISS). Below ``n_landmarks`` cells this is
 simply a full UMAP.
@@ -49,8 +50,10 @@ def umap_layout(embedding: np.ndarray, *, n_neighbors: int = 15, min_dist: float
     rng = np.random.default_rng(seed)
     landmarks = np.sort(rng.choice(n, n_landmarks, replace=False)) if n > n_landmarks else np.arange(n)
     report(progress, 0.0, f"UMAP on {len(landmarks):,} landmark cells")
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(landmarks) - 1), min_dist=min_dist,
-                        random_state=seed, n_components=2)
+    n_neighbors = min(n_neighbors, len(landmarks) - 1)
+    knn = exact_knn(x[landmarks], n_neighbors)
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_components=2,
+                        n_jobs=1, precomputed_knn=(*knn, None))
     landmark_coords = reducer.fit_transform(x[landmarks]).astype(np.float32)
     coords = np.empty((n, 2), dtype=np.float32)
     coords[landmarks] = landmark_coords
@@ -62,6 +65,20 @@ def umap_layout(embedding: np.ndarray, *, n_neighbors: int = 15, min_dist: float
     params = {"method": "umap-landmarks" if len(rest) else "umap", "n_neighbors": n_neighbors,
               "min_dist": min_dist, "n_landmarks": int(len(landmarks)), "k_place": k_place, "seed": seed}
     return coords, params
+
+
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of every row among the rows (itself first), with FAISS.
+
+    Returns ``(indices, euclidean distances)`` as UMAP's ``precomputed_knn`` expects; this
+    replaces UMAP's own approximate search (pynndescent), which is slower to start.
+    """
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    dist, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), k)
+    return ids, np.sqrt(np.maximum(dist, 0.0))
 
 
 def place_by_neighbours(reference: np.ndarray, reference_coords: np.ndarray, queries: np.ndarray,
