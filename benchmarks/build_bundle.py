@@ -23,8 +23,9 @@ from datetime import date
 from pathlib import Path
 
 SCANPY = """
-import sys, scanpy as sc
+import sys, scanpy as sc, scipy.sparse as sp
 a = sc.read_h5ad(sys.argv[1])
+a.X = sp.csr_matrix(a.X)  # scanpy 1.11's scale fails on scipy csr_array input
 sc.pp.normalize_total(a, target_sum=1e4); sc.pp.log1p(a)
 sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat"); a = a[:, a.var.highly_variable].copy()
 sc.pp.scale(a, max_value=10); sc.tl.pca(a, n_comps=50); sc.pp.neighbors(a, n_neighbors=15); sc.tl.umap(a)
