@@ -1,0 +1,252 @@
+"""The atlas map and cell breakdowns: colourings, WebGL scatter figures, selections, bar charts.
+
+Every map point carries its true cell position as ``customdata[0]``, so lasso / box
+selections map back to cells even when only a sample of a large atlas is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.components import ACCENT, GREY, ROLE_LABELS, category_colours, role_columns
+from engine.atlas import Atlas
+from engine.selection import SelectionSummary
+
+MAX_MAP_POINTS = 200_000
+"""Above this many cells the interactive map draws a reproducible random sample."""
+MAX_LEGEND = 60
+"""Categorical colourings with more values than this are drawn as one trace without a legend."""
+MAX_OVERLAY_POINTS = 50_000
+"""Overlays larger than this are drawn only where they meet the map's sample."""
+NUMERIC_SCALE = "Viridis"
+EXPRESSION_SCALE = [[0.0, "#dcdcdc"], [0.02, "#fee8c8"], [0.35, "#fc8d59"], [0.7, "#d7301f"], [1.0, "#67000d"]]
+
+
+@dataclass
+class Colouring:
+    """What colours the map: one value per cell of the atlas.
+
+    Attributes
+    ----------
+    label
+        Legend / colour-bar title.
+    values
+        Per cell (atlas order): strings for categories, floats for numbers.
+    colours
+        Category → colour; ``None`` for numeric values.
+    scale
+        Plotly colour scale for numeric values.
+    """
+
+    label: str
+    values: np.ndarray
+    colours: dict[str, str] | None = None
+    scale: str | list = NUMERIC_SCALE
+
+    @property
+    def categorical(self) -> bool:
+        """True for categories, False for a continuous value."""
+        return self.colours is not None
+
+
+@dataclass
+class Overlay:
+    """A group of cells drawn on top of the map (query cells, neighbours, a population)."""
+
+    name: str
+    cells: np.ndarray
+    colour: str = ACCENT
+    size: float = 7.0
+    symbol: str = "circle"
+
+
+def obs_colouring(atlas: Atlas, column: str) -> Colouring:
+    """Colour by an obs column (categories, or a colour scale for numbers)."""
+    values = atlas.obs[column]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return Colouring(column, values.to_numpy(dtype=np.float64))
+    return Colouring(column, values.astype(str).to_numpy(), category_colours(atlas, column))
+
+
+def gene_colouring(atlas: Atlas, gene: str) -> Colouring:
+    """Colour by a gene's log-normalised expression (raises GeneNotFoundError with suggestions)."""
+    position = atlas.genes.resolve(gene)
+    values = np.asarray(atlas.gene_values(position), dtype=np.float64)
+    return Colouring(f"{atlas.genes.label(position)} (log1p CP10k)", values, scale=EXPRESSION_SCALE)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def map_sample(n_cells: int, max_points: int = MAX_MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """The cells the interactive map draws: all, or a reproducible random sample (sorted)."""
+    if n_cells <= max_points:
+        return np.arange(n_cells)
+    return np.sort(np.random.default_rng(seed).choice(n_cells, max_points, replace=False))
+
+
+def map_cells(atlas: Atlas) -> np.ndarray:
+    """The cells drawn on this atlas's map (see :func:`map_sample`)."""
+    return map_sample(atlas.n_cells)
+
+
+def map_caption(atlas: Atlas) -> None:
+    """Say when the map shows a sample rather than every cell."""
+    shown = len(map_cells(atlas))
+    if shown < atlas.n_cells:
+        st.caption(f"The map shows a reproducible random sample of {shown:,} of {atlas.n_cells:,} cells for "
+                   "interaction; selections are summarised over the sampled cells.")
+
+
+def _hover(atlas: Atlas, cells: np.ndarray, extra: np.ndarray | None = None,
+           extra_label: str | None = None) -> tuple[np.ndarray, str]:
+    """customdata (cell position first) and a hover template naming the role columns."""
+    columns = [np.asarray(cells)]
+    lines = ["<b>%{customdata[1]}</b>", "cell %{customdata[0]}"]
+    names = atlas.obs.index.to_numpy()[cells].astype(str)
+    columns.append(names)
+    for role, column in role_columns(atlas).items():
+        if role == "batch":
+            continue
+        columns.append(atlas.obs[column].astype(str).to_numpy()[cells])
+        lines.append(f"{ROLE_LABELS[role]}: %{{customdata[{len(columns) - 1}]}}")
+    if extra is not None:
+        columns.append(np.round(extra, 3) if np.issubdtype(np.asarray(extra).dtype, np.number) else extra)
+        lines.append(f"{extra_label}: %{{customdata[{len(columns) - 1}]}}")
+    return np.column_stack(columns).astype(object), "<br>".join(lines) + "<extra></extra>"
+
+
+def _marker_size(n: int) -> float:
+    return 6.0 if n < 5_000 else 4.0 if n < 50_000 else 3.0 if n < 150_000 else 2.0
+
+
+def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Sequence[Overlay] = (),
+               height: int = 620, dragmode: str = "lasso") -> go.Figure:
+    """The 2-D map of the atlas as WebGL scatter traces.
+
+    Every point carries its true cell position as ``customdata[0]``, so selections map back
+    to cells even when only a sample is drawn.
+
+    Parameters
+    ----------
+    atlas
+        The atlas.
+    colouring
+        How to colour the cells; ``None`` draws them grey (a background for overlays).
+    overlays
+        Cell groups drawn on top, in order.
+    height
+        Figure height in pixels.
+    dragmode
+        Initial drag tool (``"lasso"``, ``"select"`` or ``"pan"``).
+    """
+    cells = map_cells(atlas)
+    xy = atlas.layout
+    size = _marker_size(len(cells))
+    fig = go.Figure()
+    if colouring is None:
+        data, template = _hover(atlas, cells)
+        fig.add_trace(go.Scattergl(x=xy[cells, 0], y=xy[cells, 1], mode="markers", name="all cells",
+                                   marker=dict(size=size, color=GREY), customdata=data, hovertemplate=template))
+    elif colouring.categorical and len(colouring.colours) > MAX_LEGEND:  # too many for a legend: one trace
+        values = colouring.values[cells]
+        data, template = _hover(atlas, cells, values, colouring.label)
+        fig.add_trace(go.Scattergl(x=xy[cells, 0], y=xy[cells, 1], mode="markers", name=colouring.label,
+                                   marker=dict(size=size, color=[colouring.colours.get(v, GREY) for v in values]),
+                                   customdata=data, hovertemplate=template, showlegend=False))
+    elif colouring.categorical:
+        values = colouring.values[cells]
+        for category, colour in colouring.colours.items():
+            members = cells[values == category]
+            if len(members) == 0:
+                continue
+            data, template = _hover(atlas, members)
+            fig.add_trace(go.Scattergl(x=xy[members, 0], y=xy[members, 1], mode="markers", name=category,
+                                       marker=dict(size=size, color=colour), customdata=data,
+                                       hovertemplate=template, legendgroup=category))
+    else:
+        values = colouring.values[cells]
+        order = cells[np.argsort(values, kind="stable")]  # high values drawn last, on top
+        ordered = colouring.values[order]
+        data, template = _hover(atlas, order, ordered, colouring.label)
+        fig.add_trace(go.Scattergl(
+            x=xy[order, 0], y=xy[order, 1], mode="markers", name=colouring.label, customdata=data,
+            hovertemplate=template, showlegend=False,
+            marker=dict(size=size, color=ordered, colorscale=colouring.scale, showscale=True,
+                        colorbar=dict(title=dict(text=colouring.label, side="right"), thickness=12))))
+    for overlay in overlays:
+        members = np.asarray(overlay.cells, dtype=np.int64)
+        if len(cells) < atlas.n_cells and len(members) > MAX_OVERLAY_POINTS:
+            members = np.intersect1d(members, cells)  # large groups: only their cells in the drawn sample
+        data, template = _hover(atlas, members)
+        fig.add_trace(go.Scattergl(
+            x=xy[members, 0], y=xy[members, 1], mode="markers", name=overlay.name, customdata=data,
+            hovertemplate=template,
+            marker=dict(size=overlay.size, color=overlay.colour, symbol=overlay.symbol,
+                        line=dict(width=0.5, color="white"))))
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False, title=None, showline=False)
+    fig.update_layout(
+        height=height, margin=dict(l=0, r=0, t=10, b=0), dragmode=dragmode, uirevision="map",
+        plot_bgcolor="white", xaxis=axis, yaxis={**axis, "scaleanchor": "x", "scaleratio": 1},
+        legend=dict(itemsizing="constant", title=dict(text=colouring.label if colouring and colouring.categorical
+                                                      else None), bgcolor="rgba(255,255,255,0.7)"),
+        hoverlabel=dict(bgcolor="white"))
+    return fig
+
+
+def show_map(fig: go.Figure, key: str, selectable: bool = True) -> np.ndarray:
+    """Draw a map; with ``selectable``, return the cell positions picked by lasso / box (may be empty)."""
+    config = {"displaylogo": False, "scrollZoom": True}
+    if not selectable:
+        st.plotly_chart(fig, key=key, config=config)
+        return np.empty(0, dtype=np.int64)
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("lasso", "box"), config=config)
+    return selected_cells(event)
+
+
+def selected_cells(event) -> np.ndarray:
+    """Cell positions (``customdata[0]``) of the points in a plotly selection event."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return np.empty(0, dtype=np.int64)
+    cells = [int(p["customdata"][0]) for p in points if p.get("customdata")]
+    return np.unique(np.asarray(cells, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- summaries of cells
+def breakdown_chart(frame: pd.DataFrame, title: str, colours: dict[str, str] | None = None,
+                    top: int = 15) -> go.Figure:
+    """Horizontal bars of a selection breakdown (``value, n_cells, fraction, enrichment``)."""
+    frame = frame.head(top).iloc[::-1]
+    colour = [colours.get(v, ACCENT) for v in frame["value"]] if colours else ACCENT
+    fig = go.Figure(go.Bar(
+        x=frame["n_cells"], y=frame["value"], orientation="h", marker_color=colour,
+        customdata=np.column_stack([frame["fraction"] * 100, frame["enrichment"]]),
+        hovertemplate="<b>%{y}</b><br>%{x:,} cells (%{customdata[0]:.1f}% of these)<br>"
+                      "enrichment vs atlas: %{customdata[1]:.2f}×<extra></extra>"))
+    fig.update_layout(height=max(180, 26 * len(frame) + 60), margin=dict(l=0, r=10, t=30, b=0),
+                      title=dict(text=title, font=dict(size=14)), xaxis_title="cells", yaxis_title=None,
+                      plot_bgcolor="white")
+    fig.update_xaxes(showgrid=True, gridcolor="#eee")
+    return fig
+
+
+def show_breakdown(atlas: Atlas, summary: SelectionSummary, key: str) -> None:
+    """Tabs of breakdown charts (cell type, condition, donor) for a set of cells."""
+    roles = [r for r in ("cell_type", "condition", "donor") if r in summary.breakdown]
+    if not roles:
+        st.info("This atlas has no cell-type, condition or donor column to break the cells down by.")
+        return
+    columns = role_columns(atlas)
+    for tab, role in zip(st.tabs([ROLE_LABELS[r] for r in roles]), roles):
+        with tab:
+            frame = summary.breakdown[role]
+            shown = min(len(frame), 15)
+            fig = breakdown_chart(frame, f"{ROLE_LABELS[role]}: top {shown} of {len(frame)}",
+                                  category_colours(atlas, columns[role]))
+            st.plotly_chart(fig, key=f"{key}_{role}", config={"displaylogo": False})

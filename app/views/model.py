@@ -1,0 +1,146 @@
+"""Model: which model and data built this atlas, with its parameters and quality numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
+                            show_table)
+from engine.atlas import Atlas
+
+TOP_CELL_TYPES = 30
+QUALITY_LABELS = {"pca_explained_variance": "PCA explained variance", "index_recall_at_10": "Index recall@10",
+                  "knn_label_agreement": "kNN label agreement",
+                  "knn_label_agreement_macro": "kNN label agreement (macro)"}
+QUALITY_HELP = {
+    "pca_explained_variance": "Share of the variance of the highly variable genes that the PCA embedding keeps.",
+    "index_recall_at_10": "Share of the exact 10 nearest neighbours the FAISS index returns (1 = exact search).",
+    "knn_label_agreement": "Mean over cells of the fraction of its k nearest neighbours that share its cell type.",
+    "knn_label_agreement_macro": "The same, averaged per cell type: rare types count as much as common ones.",
+}
+
+
+def harmonisation_table(atlas: Atlas) -> pd.DataFrame:
+    """One row per role: the bundle column, the input column it came from, and how it was chosen."""
+    mapping = atlas.manifest.get("harmonisation", {}) or {}
+    rows = []
+    for role, column in atlas.roles.items():
+        entry = mapping.get(column) if column else None
+        entry = entry if isinstance(entry, dict) else mapping.get(role) if isinstance(mapping.get(role), dict) else {}
+        if column is None:
+            how = f"absent (add with --{role.replace('_', '-')}-key)"
+        elif entry.get("method"):
+            how = entry["method"]
+        else:
+            how = "guessed" if entry.get("guessed") else "given"
+        rows.append({"role": ROLE_LABELS.get(role, role), "bundle column": column or "—",
+                     "input column": entry.get("source") or "—", "how": how, "note": entry.get("note") or ""})
+    reference = mapping.get("reference_condition")
+    if reference is not None:
+        rows.append({"role": "Reference condition", "bundle column": atlas.roles.get("condition") or "—",
+                     "input column": reference, "how": "guessed" if mapping.get("reference_guessed") else "given",
+                     "note": "the healthy / control value"})
+    table = pd.DataFrame(rows)
+    if not table["note"].any():
+        table = table.drop(columns="note")
+    return table
+
+
+def quality_metrics(atlas: Atlas) -> None:
+    """The manifest's quality scores as tiles (with what they mean) and its counts as a caption."""
+    quality = atlas.manifest.get("quality", {}) or {}
+    scores = {k: v for k, v in quality.items() if isinstance(v, float)}
+    if not scores:
+        st.info("This bundle records no quality numbers.")
+        return
+    cols = st.columns(min(len(scores), 4))
+    for i, (name, value) in enumerate(scores.items()):
+        cols[i % len(cols)].metric(QUALITY_LABELS.get(name, name.replace("_", " ")), f"{value:.3f}", border=True,
+                                   help=QUALITY_HELP.get(name))
+    rest = {k: v for k, v in quality.items() if k not in scores}
+    if rest:
+        st.caption("Measured with " + ", ".join(f"{k.replace('_', ' ')} = {_plain(v)}" for k, v in rest.items()) + ".")
+
+
+def _plain(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def cells_figure(atlas: Atlas) -> go.Figure:
+    """Cells per cell type, stacked by condition (the data the atlas holds)."""
+    roles = role_columns(atlas)
+    cell_type = roles["cell_type"]
+    condition = roles.get("condition")
+    obs = atlas.obs
+    counts = obs.groupby([cell_type, condition] if condition else [cell_type], observed=True).size()
+    frame = counts.rename("n").reset_index()
+    order = obs[cell_type].value_counts().index[:TOP_CELL_TYPES].astype(str)
+    frame[cell_type] = frame[cell_type].astype(str)
+    frame = frame[frame[cell_type].isin(order)]
+    fig = go.Figure()
+    if condition:
+        colours = category_colours(atlas, condition)
+        for value, part in frame.groupby(condition, observed=True):
+            fig.add_bar(x=part[cell_type], y=part["n"], name=str(value), marker_color=colours.get(str(value)))
+    else:
+        fig.add_bar(x=frame[cell_type], y=frame["n"], name="cells")
+    fig.update_layout(barmode="stack", height=360, margin=dict(l=0, r=0, t=30, b=0), plot_bgcolor="white",
+                      xaxis=dict(categoryorder="array", categoryarray=list(order)),
+                      yaxis=dict(title="cells", gridcolor="#eee"), legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def main() -> None:
+    """Draw the Model page."""
+    atlas = current_atlas()
+    manifest = atlas.manifest
+    page_header(atlas, "Model", "Which model and data built this atlas, with what parameters, and how good it is.")
+    model, index, layout = manifest.get("model", {}), manifest.get("index", {}), manifest.get("layout", {})
+    cols = st.columns(4)
+    cols[0].metric("Cells", f"{atlas.n_cells:,}")
+    cols[1].metric("Genes", f"{atlas.n_genes:,}")
+    cols[2].metric("Model", str(model.get("name", "—")).upper(), f"{model.get('n_components', '?')} dimensions",
+                   delta_color="off", delta_arrow="off")
+    cols[3].metric("Index", str(index.get("factory", "—")), f"{index.get('metric', '')} metric",
+                   delta_color="off", delta_arrow="off")
+
+    st.subheader("Quality")
+    quality_metrics(atlas)
+
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.subheader("Model")
+        show_table(kv_table(model))
+        st.subheader("Nearest-neighbour index")
+        show_table(kv_table(index))
+        st.subheader("Layout (2-D map)")
+        show_table(kv_table(layout))
+    with right:
+        st.subheader("Harmonisation")
+        st.caption("Which input columns became the atlas's CELLxGENE-named columns.")
+        show_table(harmonisation_table(atlas))
+        st.subheader("Data and processing")
+        data = {"matrices": manifest.get("matrices"), "normalisation": manifest.get("normalisation"),
+                "highly variable genes": manifest.get("hvg"), "gene identifiers": manifest.get("gene_ids"),
+                "embeddings": manifest.get("embedding")}
+        show_table(kv_table({k: v for k, v in data.items() if v is not None}))
+        st.subheader("Provenance")
+        provenance = dict(manifest.get("provenance", {}))
+        generator = provenance.pop("generator", None)
+        if isinstance(generator, dict) and generator.get("statement"):
+            st.warning(generator["statement"], icon=":material/science:")
+        show_table(kv_table(provenance))
+        if generator:
+            with st.expander("Generator settings (generated data)"):
+                show_table(kv_table(generator if isinstance(generator, dict) else {"generator": generator}))
+
+    if "cell_type" in role_columns(atlas):
+        st.subheader("Cells per cell type" + (" and condition" if "condition" in role_columns(atlas) else ""))
+        st.plotly_chart(cells_figure(atlas), key="model_cells", config={"displaylogo": False})
+    with st.expander("Raw manifest (manifest.json)"):
+        st.json(manifest, expanded=False)
+
+
+main()

@@ -1,0 +1,182 @@
+"""The dashboard under Streamlit's AppTest: every page opens on a small generated bundle without an
+exception, shows its key elements, and bad input gives one error sentence instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.atlas import read_atlas
+
+APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+PAGES = {"explore": "Explore", "compare": "Compare", "neighbours": "Neighbours", "perturb": "Perturb",
+         "model": "Model"}
+TIMEOUT = 180
+
+
+def start(monkeypatch, bundle: str | Path | None) -> AppTest:
+    """Run the app on ``bundle`` (``None``: no VCELL_BUNDLE) with unexpected exceptions propagating."""
+    if bundle is None:
+        monkeypatch.delenv("VCELL_BUNDLE", raising=False)
+    else:
+        monkeypatch.setenv("VCELL_BUNDLE", str(bundle))
+    monkeypatch.setenv("VCELL_APP_STRICT", "1")
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+
+
+def visit(at: AppTest, name: str) -> AppTest:
+    """Switch to a page and check it ran cleanly under its title."""
+    at.switch_page(f"views/{name}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == [PAGES[name]]
+    return at
+
+
+def charts(at: AppTest) -> list:
+    """The plotly charts on the current page."""
+    return list(at.get("plotly_chart"))
+
+
+def texts(elements) -> str:
+    """All values of some elements as one string (for ``in`` checks)."""
+    return " ".join(str(e.value) for e in elements)
+
+
+@pytest.fixture
+def app(small_bundle, monkeypatch) -> AppTest:
+    """The app running on the small generated bundle."""
+    return start(monkeypatch, small_bundle)
+
+
+@pytest.fixture(scope="module")
+def atlas(small_bundle):
+    """The small bundle, opened (to pick valid genes and conditions)."""
+    return read_atlas(small_bundle)
+
+
+def test_every_page_opens_without_error(app):
+    assert not app.exception and not app.error
+    assert [t.value for t in app.title] == ["Explore"]
+    for name in PAGES:
+        visit(app, name)
+        assert not app.error, texts(app.error)
+        assert charts(app), f"no chart on {name}"
+
+
+def test_generated_data_is_labelled_on_every_page(app):
+    for name in PAGES:
+        visit(app, name)
+        badges = texts(app.markdown)
+        assert "generated data" in badges.lower(), name
+        assert "(generated)" in texts(app.sidebar.markdown)
+
+
+def test_explore_colours_by_every_column_and_by_a_gene(app, atlas):
+    for column in app.selectbox(key="explore_column").options:
+        app.selectbox(key="explore_column").set_value(column).run()
+        assert not app.exception and not app.error, column
+    app.radio(key="explore_mode").set_value("Gene").run()
+    gene = atlas.genes.labels[0]
+    app.selectbox(key="explore_gene").set_value(gene).run()
+    assert not app.exception and not app.error
+    assert "expressed in" in texts(app.caption)
+    assert len(charts(app)) >= 2  # the map and the breakdown of all cells
+
+
+def test_compare_shows_composition_volcano_and_de_table(app, atlas):
+    visit(app, "compare")
+    conditions = atlas.categories("condition")
+    assert app.selectbox(key="compare_a").value == atlas.reference_condition
+    other = [c for c in conditions if c != atlas.reference_condition][-1]
+    app.selectbox(key="compare_b").set_value(other).run()
+    cell_type = atlas.categories("cell_type")[0]
+    app.selectbox(key="compare_cell_type").set_value(cell_type).run()
+    assert not app.exception and not app.error, texts(app.error)
+    de = app.dataframe[0].value
+    assert {"gene", "log2fc", "padj"} <= set(de.columns) and len(de) == atlas.n_genes
+    assert len(charts(app)) == 2  # composition and volcano
+    assert "exploratory" in texts(app.caption)
+    assert f"{other} vs {atlas.reference_condition} in {cell_type}" in texts(app.caption)
+
+
+def test_neighbours_by_name_random_and_selection(app, atlas):
+    visit(app, "neighbours")
+    assert app.metric[1].value == "50"  # default k
+    app.text_input(key="nb_cell").input("no-such-cell").run()
+    assert not app.exception
+    assert "is not in this atlas" in texts(app.error)
+    app.text_input(key="nb_cell").input("7").run()
+    assert not app.error and app.metric[0].value == "1"
+    app.slider(key="nb_k").set_value(20).run()
+    assert app.metric[1].value == "20"
+    app.session_state["selection"] = {"cells": np.arange(30), "label": "30 test cells"}
+    app.run()
+    assert app.radio[0].value == "The Explore selection"
+    assert app.metric[0].value == "30" and not app.error
+    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 20
+    app.session_state["selection"] = {"cells": np.arange(atlas.n_cells), "label": "every cell"}
+    app.run()
+    assert not app.exception
+    assert "no other similar cells" in texts(app.error)
+
+
+def test_perturb_predicts_shifts_and_rejects_unknown_genes(app, atlas):
+    visit(app, "perturb")
+    assert "ridge regression on co-expression" in texts(app.info)
+    gene = atlas.var.index[np.flatnonzero(atlas.var["highly_variable"])[0]]
+    gene = atlas.genes.label(atlas.genes.resolve(gene))
+    app.multiselect(key="perturb_genes").set_value([gene]).run()
+    app.radio(key="perturb_mode").set_value("kd").run()
+    app.button(key="perturb_run").click().run()
+    assert not app.exception and not app.error, texts(app.error)
+    table = app.dataframe[0].value
+    assert {"gene", "shift", "ci_low", "ci_high", "is_target"} <= set(table.columns)
+    assert table.loc[table["is_target"], "gene"].tolist() == [gene]
+    assert len(charts(app)) == 2  # population map and shifts
+
+    app.multiselect(key="perturb_genes").set_value(["NOTAGENE1"]).run()
+    app.button(key="perturb_run").click().run()
+    assert not app.exception
+    assert "not in this atlas" in texts(app.error)
+
+
+def test_model_page_shows_tables_not_just_json(app):
+    visit(app, "model")
+    assert len(app.dataframe) >= 5
+    assert {"Quality", "Model", "Harmonisation", "Provenance"} <= {s.value for s in app.subheader}
+    assert app.json  # the raw manifest, in an expander
+
+
+def test_no_bundle_gives_an_error_and_what_to_run(monkeypatch):
+    at = start(monkeypatch, None)
+    assert not at.exception
+    assert "No atlas bundle" in texts(at.error)
+    assert "vcell serve" in texts(at.markdown)
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_a_bundle", "unknown_version", "corrupt_cells"])
+def test_bad_bundle_gives_one_error_sentence(monkeypatch, tmp_path, small_bundle, problem):
+    bundle = tmp_path / "broken.vcell"
+    if problem == "not_a_bundle":
+        bundle.mkdir()
+    elif problem != "missing":
+        shutil.copytree(small_bundle, bundle)
+        if problem == "unknown_version":
+            manifest = json.loads((bundle / "manifest.json").read_text())
+            manifest["format_version"] = 99
+            (bundle / "manifest.json").write_text(json.dumps(manifest))
+        else:
+            (bundle / "cells.parquet").write_bytes(b"not parquet")
+    at = start(monkeypatch, bundle)
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "Traceback" not in message and "vcell" in message
+    for name in ("compare", "model"):
+        at.switch_page(f"views/{name}.py").run()
+        assert not at.exception and len(at.error) == 1
