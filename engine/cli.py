@@ -86,7 +86,7 @@ def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
            "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false"]
     print(f"serving {bundle} at http://localhost:{port}", flush=True)
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=env, cwd=APP.parent)  # Streamlit reads .streamlit/ from the cwd
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,9 +74,20 @@ def find_neighbours(atlas, cells: np.ndarray, k: int = 50, *, seed: int = 0) -> 
     if len(queries) > MAX_QUERIES:
         queries = np.sort(np.random.default_rng(seed).choice(cells, MAX_QUERIES, replace=False))
     embedding = atlas.embedding()
-    dist, ids = search(atlas.index, np.asarray(embedding[queries]), k + len(cells) if len(cells) == 1 else k + 1)
-    flat_ids, flat_dist = ids.ravel(), dist.ravel()
-    keep = (flat_ids >= 0) & ~np.isin(flat_ids, cells)
+    # a compact selection's own members crowd its neighbour lists: search deeper until k
+    # cells outside it are found, or the whole atlas has been searched
+    depth = k + 1
+    while True:
+        dist, ids = search(atlas.index, np.asarray(embedding[queries]), depth)
+        flat_ids, flat_dist = ids.ravel(), dist.ravel()
+        keep = (flat_ids >= 0) & ~np.isin(flat_ids, cells)
+        outside = np.unique(flat_ids[keep])
+        if len(outside) >= k or depth >= atlas.n_cells or depth >= 4096:
+            break
+        depth = min(depth * 4, atlas.n_cells, 4096)
+    if len(outside) == 0:
+        raise EmptySelectionError(f"No cells outside the {len(cells):,} selected ones lie among their "
+                                  f"{depth} nearest neighbours: the selection already holds this region.")
     frame = pd.DataFrame({"cell": flat_ids[keep], "distance": flat_dist[keep]})
     ranked = frame.groupby("cell").agg(votes=("distance", "size"), distance=("distance", "min"))
     ranked = ranked.sort_values(["votes", "distance"], ascending=[False, True]).head(k)

@@ -122,7 +122,7 @@ def test_neighbours_by_name_random_and_selection(app, atlas):
     app.session_state["selection"] = {"cells": np.arange(atlas.n_cells), "label": "every cell"}
     app.run()
     assert not app.exception
-    assert "no other similar cells" in texts(app.error)
+    assert "selection already holds" in texts(app.error)
 
 
 def test_perturb_predicts_shifts_and_rejects_unknown_genes(app, atlas):

@@ -8,7 +8,7 @@ import streamlit as st
 from app.components import current_atlas, download_csv, guard, page_header, remembered, role_columns
 from app.maps import Overlay, map_caption, map_figure, show_breakdown, show_map
 from engine.atlas import Atlas
-from engine.errors import EmptySelectionError, InputError
+from engine.errors import InputError
 from engine.neighbours import NeighbourResult, find_neighbours
 
 SELECTION_KEY = "selection"  # written by the Explore page: {"cells": array, "label": str}
@@ -50,15 +50,6 @@ def query_picker(atlas: Atlas) -> tuple[np.ndarray, str, int] | None:
         cell = parse_cell(atlas, text)
         return np.array([cell]), f"cell {atlas.obs.index[cell]} (number {cell})", k
     return None
-
-
-def search(atlas: Atlas, cells: np.ndarray, k: int) -> NeighbourResult:
-    """``find_neighbours``, with a clear sentence when no neighbour lies outside the query."""
-    try:
-        return find_neighbours(atlas, cells, k=k)
-    except EmptySelectionError:  # the engine then says "no cells are selected", which misleads here
-        raise InputError(f"The nearest neighbours of these {len(cells):,} cells all lie inside them, so there are "
-                         "no other similar cells to show: select fewer cells, or a part of this group.") from None
 
 
 def show_result(atlas: Atlas, result: NeighbourResult, label: str) -> None:
@@ -107,7 +98,7 @@ def main() -> None:
     cells, label, k = query
     with guard("searching for similar cells"):
         key = (len(cells), hash(np.sort(cells).tobytes()), k)
-        result = remembered("neighbours", key, lambda: search(atlas, cells, k))
+        result = remembered("neighbours", key, lambda: find_neighbours(atlas, cells, k=k))
         show_result(atlas, result, label)
 
 
