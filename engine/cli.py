@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--donors", type=int, default=4, help="donors per condition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["soma", "h5ad"], default="soma")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes sampling cells")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
 
@@ -108,7 +109,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
         with TqdmProgress("generate") as progress:
             out = generate_atlas(args.out, args.cells, n_genes=args.genes, n_donors_per_condition=args.donors,
-                                 seed=args.seed, fmt=args.format, overwrite=args.overwrite, progress=progress)
+                                 seed=args.seed, fmt=args.format, overwrite=args.overwrite, n_jobs=args.jobs,
+                                 progress=progress)
         print(f"GENERATED atlas ({args.cells:,} synthetic cells) written to {out}")
         return 0
     if args.command == "build":

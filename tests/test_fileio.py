@@ -32,3 +32,14 @@ def test_overwrite_replaces_only_on_success(tmp_path):
     assert (target / "v").read_text() == "2"
     write_json(tmp_path / "m.json", {"a": 1})
     assert (tmp_path / "m.json").read_text().strip().startswith("{")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    os.umask(0o022)
+    with atomic_dir(tmp_path / "b") as tmp:
+        write_json(tmp / "m.json", {})
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "b" / "m.json").stat().st_mode) == 0o644
