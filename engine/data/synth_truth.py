@@ -248,7 +248,7 @@ Cell `i` of donor `d` (condition `c`, batch `b`) and cell type `t`; gene `g`:
 - `lfc[c,t,g]`: direct log2 fold change of condition `c` vs the reference `{reference}` (zero there):
   a shared programme applied to ~70% of cell types ({programmes}) plus a cell-type programme
   (65% up, 35% down among the type's expressed genes).
-- `eta[d]` donor noise (log-sd 0.2), `beta[b]` batch factors (log-sd 0.25), both mean-one
+- `eta[d]` donor noise (log-sd 0.06), `beta[b]` batch factors (log-sd 0.1), both mean-one
   (`exp` has mean 1); the batch also scales the library size.
 - `L_i = median_umis * depth[t] * batch_depth[b] * LogNormal(0, 0.4)`.
 - `s_g` is 1 in the atlas. An atlas generated with a `perturbation` (see `generated.json`) has
