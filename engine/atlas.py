@@ -115,8 +115,15 @@ class Atlas:
 
     @cached_property
     def var(self) -> pd.DataFrame:
-        """Gene table: ``gene_id``, ``gene_symbol``, ``highly_variable``, ``mean``, ``frac_expressing``."""
-        return pd.read_parquet(self.path / "genes.parquet")
+        """Gene table: ``gene_id``, ``gene_symbol``, ``highly_variable``, ``mean``, ``frac_expressing``.
+
+        Checked against the manifest's gene hash, so every part indexes the same genes.
+        """
+        var = pd.read_parquet(self.path / "genes.parquet")
+        if gene_hash(list(var.index)) != self.manifest["gene_hash"]:
+            raise BundleError(f"The gene list of {self.path} does not match its manifest: the bundle was "
+                              "modified or mixed with another; rebuild it with `vcell build`.")
+        return var
 
     @cached_property
     def genes(self):
@@ -159,7 +166,11 @@ class Atlas:
         from engine.index import load_index
 
         info = self.manifest["index"]
-        return load_index(self.path / info["path"], nprobe=info.get("nprobe"))
+        index = load_index(self.path / info["path"], nprobe=info.get("nprobe"))
+        if index.ntotal != self.n_cells:
+            raise BundleError(f"The FAISS index of {self.path} has {index.ntotal:,} rows for {self.n_cells:,} cells: "
+                              "rebuild the bundle with `vcell build`.")
+        return index
 
     # -- expression -------------------------------------------------------------------------
     @cached_property
@@ -206,34 +217,39 @@ def validate_atlas(path: str | os.PathLike) -> list[str]:
     opened at all raises :class:`~engine.errors.BundleError`.
     """
     atlas = Atlas(path)
-    problems: list[str] = []
     n = atlas.n_cells
-
-    def check(condition: bool, message: str) -> None:
-        if not condition:
-            problems.append(message)
-
-    for part in ("cells.parquet", "genes.parquet", "obsm/X_umap.npy", "store", "summaries", "model",
-                 atlas.manifest["index"]["path"]):
-        check((atlas.path / part).exists(), f"{part} is missing")
-    if problems:
-        return problems
-    check(len(atlas.obs) == n, f"cells.parquet has {len(atlas.obs)} rows, manifest says {n} cells")
-    check(len(atlas.var) == atlas.n_genes, f"genes.parquet has {len(atlas.var)} rows, manifest says {atlas.n_genes}")
-    check(gene_hash(list(atlas.var.index)) == atlas.manifest["gene_hash"], "gene list does not match the manifest's hash")
-    check(atlas.layout.shape == (n, 2), f"layout has shape {atlas.layout.shape}, expected ({n}, 2)")
+    missing = [part for part in ("cells.parquet", "genes.parquet", "obsm/X_umap.npy", "store", "summaries", "model",
+                                 atlas.manifest["index"]["path"]) if not (atlas.path / part).exists()]
+    if missing:
+        return [f"{part} is missing" for part in missing]
+    problems: list[str] = []
+    checks = [
+        lambda: (len(atlas.obs) == n, f"cells.parquet has {len(atlas.obs)} rows, manifest says {n} cells"),
+        lambda: (gene_hash(list(pd.read_parquet(atlas.path / "genes.parquet").index)) == atlas.manifest["gene_hash"],
+                 "gene list does not match the manifest's hash"),
+        lambda: (len(atlas.var) == atlas.n_genes, f"genes.parquet has {len(atlas.var)} rows, manifest says {atlas.n_genes}"),
+        lambda: (atlas.layout.shape == (n, 2), f"layout has shape {atlas.layout.shape}, expected ({n}, 2)"),
+        lambda: (atlas.index.ntotal == n, "index rows differ from cells"),
+        lambda: (atlas.store.n_cells == n and atlas.store.n_genes == atlas.n_genes,
+                 f"expression store is {atlas.store.n_cells} x {atlas.store.n_genes}, expected {n} x {atlas.n_genes}"),
+        lambda: (int(atlas.summaries.groups["n_cells"].sum()) == n, "summaries do not add up to the number of cells"),
+        lambda: (atlas.model.genes == [atlas.var.index[i] for i in np.flatnonzero(atlas.var["highly_variable"])],
+                 "model gene list does not match the atlas's highly variable genes"),
+    ]
     for name in atlas.manifest["embedding"]["available"]:
-        emb = atlas.embedding(name)
-        check(emb.shape[0] == n, f"{name} has {emb.shape[0]} rows, expected {n}")
-        check(bool(np.isfinite(emb[: min(n, 10_000)]).all()), f"{name} contains NaN or infinite values")
-    check(atlas.index.ntotal == n, f"index has {atlas.index.ntotal} rows, expected {n} (row i = cell i)")
-    check(atlas.store.n_cells == n and atlas.store.n_genes == atlas.n_genes,
-          f"expression store is {atlas.store.n_cells} x {atlas.store.n_genes}, expected {n} x {atlas.n_genes}")
-    check(int(atlas.summaries.groups["n_cells"].sum()) == n, "summaries do not add up to the number of cells")
-    check(atlas.model.genes == [atlas.var.index[i] for i in np.flatnonzero(atlas.var["highly_variable"])]
-          or atlas.manifest["model"].get("genes") == "custom", "model gene list does not match the atlas genes")
+        checks.append(lambda name=name: (atlas.embedding(name).shape[0] == n, f"{name} does not have {n} rows"))
+        checks.append(lambda name=name: (bool(np.isfinite(atlas.embedding(name)[: min(n, 10_000)]).all()),
+                                         f"{name} contains NaN or infinite values"))
     for role, column in atlas.roles.items():
-        check(column is None or column in atlas.obs, f"role {role} names column {column!r}, not in cells.parquet")
+        checks.append(lambda role=role, column=column: (column is None or column in atlas.obs,
+                                                        f"role {role} names column {column!r}, not in cells.parquet"))
+    for check in checks:
+        try:
+            ok, message = check()
+        except BundleError as exc:  # a part that refuses to open is a problem of its own
+            ok, message = False, str(exc)
+        if not ok:
+            problems.append(message)
     return problems
 
 

@@ -10,6 +10,8 @@ simply a full UMAP.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from engine.errors import InputError
@@ -54,7 +56,9 @@ def umap_layout(embedding: np.ndarray, *, n_neighbors: int = 15, min_dist: float
     knn = exact_knn(x[landmarks], n_neighbors)
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_components=2,
                         n_jobs=1, precomputed_knn=(*knn, None))
-    landmark_coords = reducer.fit_transform(x[landmarks]).astype(np.float32)
+    with warnings.catch_warnings():  # we never call transform: cells are placed by place_by_neighbours
+        warnings.filterwarnings("ignore", message=".*transforming new data with transform will be unavailable")
+        landmark_coords = reducer.fit_transform(x[landmarks]).astype(np.float32)
     coords = np.empty((n, 2), dtype=np.float32)
     coords[landmarks] = landmark_coords
     rest = np.setdiff1d(np.arange(n), landmarks, assume_unique=True)

@@ -5,7 +5,7 @@ import json
 import anndata as ad
 import pytest
 
-from conftest import make_counts_adata
+from vcell_testing import make_counts_adata
 from engine.cli import main
 
 

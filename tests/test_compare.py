@@ -21,7 +21,7 @@ from engine.compare import (
     volcano_frame,
 )
 from engine.errors import EmptySelectionError, InputError, MissingKeyError
-from conftest import make_counts_adata, shared_file
+from vcell_testing import make_counts_adata, shared_file
 
 ROLES = {"cell_type": "cell_label", "condition": "condition", "donor": "sample", "batch": None}
 

@@ -8,7 +8,7 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from conftest import make_counts_adata, shared_file
+from vcell_testing import make_counts_adata, shared_file
 from engine.compare import rank_genes_wilcoxon
 from engine.errors import InputError
 from engine.perturb import (

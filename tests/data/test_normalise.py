@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-from conftest import make_counts_adata
+from vcell_testing import make_counts_adata
 
 from engine.data.normalise import (
     GeneStats,

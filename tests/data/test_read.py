@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 import tiledbsoma as soma
 import tiledbsoma.io as soma_io
-from conftest import make_counts_adata
+from vcell_testing import make_counts_adata
 
 from engine.data.read import _should_back, available_memory, census_query, read_soma, read_source
 from engine.errors import InputError

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from conftest import make_counts_adata
+from vcell_testing import make_counts_adata
 
 from engine.data.schema import BATCH, CELL_TYPE, CONDITION, DONOR, ROLES, find_reference, harmonise_obs
 from engine.errors import InputError, MissingKeyError

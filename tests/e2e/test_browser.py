@@ -57,14 +57,22 @@ def screenshot(page, directory, name: str) -> None:
 
 
 def pick(page, label: str, text: str) -> None:
-    """Type ``text`` into the select box or multiselect labelled ``label`` and press Enter."""
+    """Type ``text`` into the select box or multiselect labelled ``label`` and choose it.
+
+    The option named exactly ``text`` is clicked (a multiselect takes Enter as "all
+    matches"); free text with no such option is entered with Enter.
+    """
     widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
         has=page.get_by_text(label, exact=True))
     box = widget.locator("input").first
     box.click()
     box.fill(text)
     page.wait_for_timeout(300)
-    page.keyboard.press("Enter")
+    option = page.get_by_role("option", name=text, exact=True)
+    if option.count():
+        option.first.click()
+    else:
+        page.keyboard.press("Enter")
     wait_idle(page)
 
 
@@ -136,10 +144,13 @@ def test_compare_shows_volcano_and_de_table(page, app_url, screenshot_dir):
 def test_perturb_predicts_shifts(page, app_url, screenshot_dir, atlas):
     open_page(page, app_url, "perturb")
     hvg = np.flatnonzero(atlas.var["highly_variable"].to_numpy())
-    pick(page, "Genes to perturb", atlas.genes.label(int(hvg[0])))
+    gene = atlas.genes.label(int(hvg[0]))
+    pick(page, "Genes to perturb", gene)
     page.keyboard.press("Escape")
     page.get_by_role("button", name="Predict").click()
-    page.get_by_text("Predicted effect of", exact=False).wait_for(timeout=TIMEOUT_MS)
+    heading = page.get_by_text("Predicted effect of", exact=False)
+    heading.wait_for(timeout=TIMEOUT_MS)
+    assert f"knock-out of {gene} in" in heading.first.inner_text()  # exactly the one gene picked
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() >= 2
     assert_clean(page)
