@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
 
+    p = sub.add_parser("census", help="download a CELLxGENE census slice (tissue / disease / cell type) as .h5ad")
+    p.add_argument("--tissue", help="census tissue_general, e.g. lung or blood")
+    p.add_argument("--disease", help="census disease, e.g. 'COVID-19' or normal")
+    p.add_argument("--cell-type", help="census cell_type, e.g. 'classical monocyte'")
+    p.add_argument("--max-cells", type=int, default=100_000, help="sample at most this many matching cells")
+    p.add_argument("--organism", default="homo_sapiens")
+    p.add_argument("--census-version", default="stable")
+    p.add_argument("--uri", help="a census copy (path or URI) instead of the public census")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the .h5ad file to write (then: vcell build OUT --out ...)")
+
     p = sub.add_parser("build", help="build an atlas bundle from .h5ad, a SOMA experiment or generated data")
     p.add_argument("input", help="input .h5ad file, TileDB-SOMA experiment (path or URI) or `vcell generate` output")
     p.add_argument("--out", required=True, help="bundle directory to write, e.g. covid.vcell")
@@ -113,6 +124,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
                                  progress=progress)
         print(f"GENERATED atlas ({args.cells:,} synthetic cells) written to {out}")
         return 0
+    if args.command == "census":
+        return _census(args)
     if args.command == "build":
         from engine.build import build_atlas
 
@@ -134,6 +147,25 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.command == "demo":
         return _demo(args, command)
     raise AssertionError(args.command)
+
+
+def _census(args: argparse.Namespace) -> int:
+    """Query the census and write the slice as .h5ad, atomically."""
+    from engine.data.read import census_query
+    from engine.errors import InputError
+    from engine.fileio import atomic_path
+
+    out = Path(args.out)
+    if out.suffix != ".h5ad":
+        raise InputError(f"--out must end in .h5ad (got {out.name}).")
+    adata = census_query(organism=args.organism, tissue=args.tissue, disease=args.disease, cell_type=args.cell_type,
+                         max_cells=args.max_cells, census_version=args.census_version, uri=args.uri, seed=args.seed)
+    adata.uns.pop("vcell_source", None)  # may hold values h5py cannot write; the query is printed below
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    print(f"{adata.n_obs:,} census cells x {adata.n_vars:,} genes written to {out}; build it with: "
+          f"vcell build {out} --out {out.with_suffix('.vcell')}")
+    return 0
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:

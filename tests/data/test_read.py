@@ -325,3 +325,19 @@ def test_zarr_store_and_file_uri(tmp_path, small, h5ad_file):
 def test_census_query_rejects_nonpositive_max_cells(census_root):
     with pytest.raises(InputError, match="max_cells is 0: give a positive number"):
         census_query(uri=str(census_root), max_cells=0)
+
+
+def test_vcell_census_writes_a_slice_that_builds(census_root, tmp_path, capsys):
+    from engine.atlas import read_atlas
+    from engine.cli import main
+
+    out = tmp_path / "covid_blood.h5ad"
+    assert main(["census", "--uri", str(census_root), "--tissue", "blood", "--disease", "COVID-19",
+                 "--max-cells", "30", "--out", str(out)]) == 0
+    adata = ad.read_h5ad(out)
+    assert 10 <= adata.n_obs <= 30
+    assert set(adata.obs["disease"]) == {"COVID-19"} and set(adata.obs["tissue_general"]) == {"blood"}
+    assert main(["build", str(out), "--out", str(tmp_path / "c.vcell"), "--n-pcs", "5"]) == 0
+    assert read_atlas(tmp_path / "c.vcell").roles["donor"] == "donor_id"
+    assert main(["census", "--uri", str(census_root), "--out", str(tmp_path / "x.csv")]) == 2
+    assert ".h5ad" in capsys.readouterr().err
