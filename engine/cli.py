@@ -11,6 +11,8 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from engine.errors import VCellError
@@ -90,15 +92,43 @@ def _options(args: argparse.Namespace):
 
 
 def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -> int:
-    """Start the Streamlit dashboard on ``bundle`` (after checking it opens)."""
+    """Start the Streamlit dashboard on ``bundle`` (after checking it opens).
+
+    Streamlit itself always runs headless (otherwise its first run asks for an e-mail on
+    the terminal); unless ``headless``, a browser tab is opened once the server answers.
+    """
     from engine.atlas import read_atlas
 
     read_atlas(bundle)  # fail here, in one sentence, rather than inside the app
     env = {**os.environ, "VCELL_BUNDLE": str(Path(bundle).resolve())}
+    url = f"http://localhost:{port}"
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-           "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false"]
-    print(f"serving {bundle} at http://localhost:{port}", flush=True)
-    return subprocess.call(cmd, env=env, cwd=APP.parent)  # Streamlit reads .streamlit/ from the cwd
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"serving {bundle} at {url} (Ctrl+C to stop)", flush=True)
+    server = subprocess.Popen(cmd, env=env, cwd=APP.parent)  # Streamlit reads .streamlit/ from the cwd
+    if not headless:
+        threading.Thread(target=_open_browser_when_up, args=(url, server), daemon=True).start()
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        return server.wait()
+
+
+def _open_browser_when_up(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Open ``url`` in the user's browser once the server answers (no-op without a browser)."""
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+        except OSError:
+            time.sleep(0.5)
+            continue
+        webbrowser.open(url)
+        return
 
 
 def main(argv: list[str] | None = None) -> int:
