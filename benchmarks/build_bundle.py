@@ -2,7 +2,8 @@
 
 Each run is a separate process, so peak RSS (ru_maxrss of the child) is the run's own.
 The scanpy baseline does what a user would do by hand for a map: normalize_total, log1p,
-highly_variable_genes (seurat, 2,000), scale, PCA (50), neighbors (15), UMAP. `vcell build`
+highly_variable_genes (seurat, 2,000), scale, PCA (50), neighbors (15, exact sklearn kNN: scanpy
+1.11.5's default pynndescent path fails on scipy 1.17 csr_array above ~5k cells), UMAP. `vcell build`
 does that and more (SOMA store + gene-major copy, FAISS index, summaries, manifest).
 
 Usage::
@@ -25,10 +26,12 @@ from pathlib import Path
 SCANPY = """
 import sys, scanpy as sc, scipy.sparse as sp
 a = sc.read_h5ad(sys.argv[1])
-a.X = sp.csr_matrix(a.X)  # scanpy 1.11's scale fails on scipy csr_array input
 sc.pp.normalize_total(a, target_sum=1e4); sc.pp.log1p(a)
 sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat"); a = a[:, a.var.highly_variable].copy()
-sc.pp.scale(a, max_value=10); sc.tl.pca(a, n_comps=50); sc.pp.neighbors(a, n_neighbors=15); sc.tl.umap(a)
+a.X = sp.csr_matrix(a.X)  # scanpy 1.11's scale fails on scipy csr_array input
+sc.pp.scale(a, max_value=10); sc.tl.pca(a, n_comps=50)
+sc.pp.neighbors(a, n_neighbors=15, transformer="sklearn")  # default pynndescent path fails with scipy 1.17
+sc.tl.umap(a)
 """
 
 

@@ -90,7 +90,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     The bundle path.
     """
     from engine.cluster import leiden_clusters
-    from engine.data.genes import gene_table, read_gene_map
+    from engine.data.genes import gene_table, is_ensembl, read_gene_map
     from engine.data.normalise import GeneStats, select_hvg
     from engine.data.read import read_source
     from engine.data.schema import harmonise_obs
@@ -181,7 +181,9 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
             "n_cells": int(n),
             "n_genes": int(lognorm.shape[1]),
             "gene_hash": gene_hash(list(genes.index)),
-            "gene_ids": "ensembl" if genes["gene_id"].notna().all() and genes.index.equals(pd.Index(genes["gene_id"])) else "symbol",
+            "genes": {"index": "ensembl" if all(map(is_ensembl, genes.index)) else "symbol",
+                      "with_ensembl_id": int(genes["gene_id"].notna().sum()),
+                      "with_symbol": int(genes["gene_symbol"].notna().sum())},
             "roles": roles,
             "harmonisation": {**mapping, "cell_type": cell_type_source},
             "reference_condition": mapping.get("reference_condition"),

@@ -123,7 +123,7 @@ def main() -> None:
         show_table(harmonisation_table(atlas))
         st.subheader("Data and processing")
         data = {"matrices": manifest.get("matrices"), "normalisation": manifest.get("normalisation"),
-                "highly variable genes": manifest.get("hvg"), "gene identifiers": manifest.get("gene_ids"),
+                "highly variable genes": manifest.get("hvg"), "gene identifiers": manifest.get("genes"),
                 "embeddings": manifest.get("embedding")}
         show_table(kv_table({k: v for k, v in data.items() if v is not None}))
         st.subheader("Provenance")
