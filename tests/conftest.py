@@ -13,6 +13,13 @@ import pytest
 
 from vcell_testing import make_counts_adata, shared_file
 
+try:  # small models train faster (and steadily) on one thread than on two busy cores
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass
+
 
 @pytest.fixture
 def shared_data():
