@@ -1,15 +1,23 @@
 """How good is an embedding? Measured numbers for the Model page and the manifest.
 
-The walking skeleton has one: kNN label agreement (how often a cell's nearest neighbours
-share its cell-type label). The encoder evaluation (zero-shot kNN F1, fine-tuning,
-reconstruction over held-out donors) extends this module.
+* :func:`knn_label_agreement` -- how often a cell's nearest neighbours share its label (bundle quality).
+* :func:`donor_split` -- reference / query cells by whole donors (query donors never in the reference).
+* :func:`knn_zero_shot` -- zero-shot cell-type prediction by kNN from reference to query (macro/micro F1).
+* :func:`linear_probe` -- logistic regression on frozen embeddings (the cheap transfer metric).
+* :func:`reconstruction_metrics` -- MSE and variance-weighted explained variance, optionally masked entries.
+* :func:`evaluate_embeddings` / :func:`summarise` -- methods x seeds table, mean +- sd per method.
+* :func:`evaluate_bundle` -- a bundle's embeddings beside the PCA and HVG baselines (``engine.baselines``).
+
+All but the last are pure functions of arrays, so they score any embedding.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
+from engine.errors import InputError
 from engine.index import search
 
 
@@ -48,3 +56,382 @@ def knn_label_agreement(index, embedding: np.ndarray, labels: pd.Series | np.nda
     per_label = pd.Series(agree).groupby(labels[queries]).mean()
     return {"knn_label_agreement": float(np.nanmean(agree)),
             "knn_label_agreement_macro": float(per_label.mean()), "k": k, "n_queries": int(len(queries))}
+
+
+# -- held-out donors ------------------------------------------------------------------------------------
+def donor_split(obs: pd.DataFrame, donor_key: str | None = "donor_id", query_fraction: float = 0.3, seed: int = 0,
+                *, label_key: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Split cells into reference and query by whole donors (query donors are never in the reference).
+
+    Donors are put in a fixed shuffled order and, starting at a position set by ``seed``, moved to
+    the query side until it holds at least ``query_fraction`` of the cells; at least one donor stays
+    on each side. Consecutive seeds start further along the order, so seeds 0, 1, 2 hold out
+    different donors (like donor-wise cross-validation) rather than repeating a draw by chance.
+    With fewer than two donors (or no donor column) the split falls back to a random cell split,
+    stratified by ``label_key`` when given, and ``note`` says so.
+
+    Returns
+    -------
+    ``(reference_cells, query_cells, note)``: sorted row positions into ``obs`` and a sentence.
+    """
+    if not 0 < query_fraction < 1:
+        raise InputError(f"query_fraction must be between 0 and 1 (got {query_fraction}).")
+    n = len(obs)
+    rng = np.random.default_rng(seed)
+    donors = None
+    if donor_key is not None and donor_key in obs.columns:
+        donors = obs[donor_key].astype(str).where(obs[donor_key].notna()).to_numpy()
+    unique = pd.unique(donors[pd.notna(donors)]) if donors is not None else np.array([])
+    if len(unique) >= 2:
+        counts = pd.Series(donors).value_counts()
+        order = np.random.default_rng(0).permutation(np.sort(unique))
+        step = max(1, int(round(query_fraction * len(unique))))
+        start = (seed * step) % len(unique)
+        query_donors, in_query = [], 0
+        for donor in np.roll(order, -start)[:-1]:  # at least one donor always stays in the reference
+            query_donors.append(donor)
+            in_query += int(counts[donor])
+            if in_query >= query_fraction * n:
+                break
+        is_query = np.isin(donors, query_donors)
+        reference, query = np.flatnonzero(~is_query & pd.notna(donors)), np.flatnonzero(is_query)
+        held_out = ", ".join(sorted(map(str, query_donors)))
+        note = (f"donor split: {len(query_donors)} of {len(unique)} donors held out as query ({held_out}; "
+                f"{len(query):,} cells), {len(reference):,} reference cells")
+        if len(reference) + len(query) < n:
+            note += f"; {n - len(reference) - len(query):,} cells without a donor left out"
+        return reference, query, note
+    why = "no donor column" if donors is None else f"{len(unique)} donor(s), fewer than two"
+    labels = obs[label_key].astype(str).to_numpy() if label_key is not None and label_key in obs.columns else None
+    is_query = np.zeros(n, dtype=bool)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    for group in groups:
+        take = int(round(query_fraction * len(group)))
+        if len(group) >= 2:
+            take = min(max(take, 1), len(group) - 1)
+        is_query[rng.choice(group, take, replace=False)] = True
+    note = (f"cell split ({why}, so held-out donors are impossible): {int(is_query.sum()):,} random query cells"
+            f"{' stratified by ' + label_key if labels is not None else ''}; the scores are optimistic")
+    return np.flatnonzero(~is_query), np.flatnonzero(is_query), note
+
+
+# -- zero-shot kNN, linear probe, reconstruction --------------------------------------------------------
+def _as_f32(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+
+def _f1_table(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    labels = np.unique(np.concatenate([y_true, y_pred]))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    table = pd.DataFrame({"label": labels, "f1": f1, "precision": precision, "recall": recall, "support": support})
+    scores = {"macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+              "micro_f1": float(np.mean(y_true == y_pred))}
+    return scores, table
+
+
+def knn_zero_shot(reference_emb, reference_labels, query_emb, query_labels, k: int = 15, metric: str = "l2",
+                  *, weighted: bool = False) -> dict:
+    """Zero-shot cell-type prediction: each query cell takes the majority label of its ``k`` nearest
+    reference cells (exact FAISS search; reference and query are disjoint, so no neighbour is dropped).
+
+    Parameters
+    ----------
+    reference_emb, query_emb
+        ``(n_ref, dim)`` and ``(n_query, dim)`` embeddings.
+    reference_labels, query_labels
+        One label per row.
+    k
+        Neighbours that vote.
+    metric
+        ``"l2"`` (Euclidean) or ``"cosine"`` (inner product of normalised vectors).
+    weighted
+        Weight each vote by ``1 / (distance + eps)`` instead of 1.
+
+    Returns
+    -------
+    ``{"macro_f1", "micro_f1" (= accuracy), "per_class" (DataFrame label/f1/precision/recall/support),
+    "predictions" (array), "k", "n_reference", "n_query", "missing_labels" (query labels absent
+    from the reference, which can never be predicted)}``
+    """
+    import faiss
+
+    ref, qry = _as_f32(reference_emb), _as_f32(query_emb)
+    ref_labels, qry_labels = np.asarray(reference_labels).astype(str), np.asarray(query_labels).astype(str)
+    if ref.ndim != 2 or qry.ndim != 2 or ref.shape[1] != qry.shape[1]:
+        raise InputError(f"Reference {ref.shape} and query {qry.shape} embeddings must be 2-D of the same width.")
+    if len(ref) != len(ref_labels) or len(qry) != len(qry_labels):
+        raise InputError("Give one label per embedding row, for the reference and for the query.")
+    if len(ref) == 0 or len(qry) == 0:
+        raise InputError("knn_zero_shot needs at least one reference and one query cell.")
+    if not (np.isfinite(ref).all() and np.isfinite(qry).all()):
+        raise InputError("The embeddings contain NaN or infinite values.")
+    if metric == "cosine":
+        ref, qry = ref.copy(), qry.copy()
+        faiss.normalize_L2(ref)
+        faiss.normalize_L2(qry)
+        index = faiss.IndexFlatIP(ref.shape[1])
+    elif metric == "l2":
+        index = faiss.IndexFlatL2(ref.shape[1])
+    else:
+        raise InputError(f"Unknown metric '{metric}': use 'l2' or 'cosine'.")
+    index.add(ref)
+    k = int(min(k, len(ref)))
+    distances, ids = index.search(qry, k)
+    classes, codes = np.unique(ref_labels, return_inverse=True)
+    if weighted:
+        dist = np.sqrt(np.maximum(distances, 0)) if metric == "l2" else np.maximum(1 - distances, 0)
+        weights = 1.0 / (dist + 1e-6)
+    else:
+        weights = np.ones_like(distances)
+    weights = weights * (1 + 1e-6 * np.arange(k, 0, -1) / k)  # ties go to the label of the nearer neighbour
+    votes = np.zeros((len(qry), len(classes)))
+    np.add.at(votes, (np.repeat(np.arange(len(qry)), k), codes[ids].ravel()), weights.ravel())
+    predictions = classes[votes.argmax(axis=1)]
+    scores, table = _f1_table(qry_labels, predictions)
+    return {**scores, "per_class": table, "predictions": predictions, "k": k, "n_reference": int(len(ref)),
+            "n_query": int(len(qry)), "missing_labels": sorted(set(qry_labels) - set(ref_labels))}
+
+
+def linear_probe(train_emb, train_labels, test_emb, test_labels, seed: int = 0, *, max_iter: int = 1000) -> dict:
+    """Logistic regression on frozen embeddings (standardised on the training cells): the cheap transfer metric.
+
+    Returns
+    -------
+    ``{"macro_f1", "micro_f1", "per_class", "predictions"}``
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = _as_f32(train_emb), _as_f32(test_emb)
+    y_train, y_test = np.asarray(train_labels).astype(str), np.asarray(test_labels).astype(str)
+    if len(np.unique(y_train)) < 2:
+        raise InputError("A linear probe needs at least two cell types among the training cells.")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
+    model.fit(train, y_train)
+    predictions = model.predict(test)
+    scores, table = _f1_table(y_test, predictions)
+    return {**scores, "per_class": table, "predictions": predictions}
+
+
+def reconstruction_metrics(x_true, x_pred, mask=None) -> dict[str, float]:
+    """Mean squared error and variance-weighted explained variance of a reconstruction.
+
+    Parameters
+    ----------
+    x_true, x_pred
+        ``(n_cells, n_genes)`` (dense or sparse) observed and reconstructed values.
+    mask
+        Optional boolean ``(n_cells, n_genes)``: score only the ``True`` (masked) entries. The explained
+        variance is then computed per gene over the masked entries of that gene, weighted by variance
+        (genes with fewer than two masked entries are skipped).
+
+    Returns
+    -------
+    ``{"mse", "explained_variance", "n_entries"}``
+    """
+    from sklearn.metrics import explained_variance_score
+
+    true = (x_true.toarray() if sp.issparse(x_true) else np.asarray(x_true)).astype(np.float64)
+    pred = (x_pred.toarray() if sp.issparse(x_pred) else np.asarray(x_pred)).astype(np.float64)
+    if true.shape != pred.shape:
+        raise InputError(f"x_true {true.shape} and x_pred {pred.shape} must have the same shape.")
+    if mask is None:
+        return {"mse": float(np.mean((true - pred) ** 2)),
+                "explained_variance": float(explained_variance_score(true, pred, multioutput="variance_weighted")),
+                "n_entries": int(true.size)}
+    mask = (mask.toarray() if sp.issparse(mask) else np.asarray(mask)).astype(bool)
+    if mask.shape != true.shape:
+        raise InputError(f"mask {mask.shape} must have the shape of x_true {true.shape}.")
+    if not mask.any():
+        raise InputError("The mask selects no entries to score.")
+    # per-gene explained variance over masked entries, weighted by the masked entries' variance
+    n = mask.sum(axis=0)
+    keep = n >= 2
+    m = np.where(mask, 1.0, 0.0)
+    residual = np.where(mask, true - pred, 0.0)
+
+    def _var(values):
+        mean = (values * m).sum(axis=0)[keep] / n[keep]
+        return ((values[:, keep] - mean) ** 2 * m[:, keep]).sum(axis=0) / n[keep]
+
+    var_true, var_res = _var(np.where(mask, true, 0.0)), _var(residual)
+    total = var_true.sum()
+    ev = float(1 - var_res.sum() / total) if total > 0 else float("nan")
+    return {"mse": float(np.mean((true - pred)[mask] ** 2)), "explained_variance": ev, "n_entries": int(mask.sum())}
+
+
+# -- methods x seeds --------------------------------------------------------------------------------------
+SCORE_COLUMNS = ["knn_macro_f1", "knn_micro_f1", "linear_macro_f1", "recon_mse", "recon_explained_variance"]
+
+
+def _resolve_split(split, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    parts = split(seed) if callable(split) else split
+    reference, query = np.asarray(parts[0]), np.asarray(parts[1])
+    note = parts[2] if len(parts) > 2 else ""
+    if len(reference) == 0 or len(query) == 0:
+        raise InputError("The split leaves no reference or no query cells.")
+    if np.intersect1d(reference, query).size:
+        raise InputError("The split puts some cells in both the reference and the query.")
+    return reference, query, note
+
+
+def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray):
+    """``(ref_emb, query_emb, reconstruction or None)`` from an array, a pair or a callable."""
+    if callable(source):
+        out = source(seed, reference, query)
+    elif isinstance(source, (tuple, list)):
+        out = source
+    else:  # one embedding row per cell of the data set
+        emb = np.asarray(source)
+        out = (emb[reference], emb[query])
+    if len(out) not in (2, 3):
+        raise InputError("An embedding source must give (reference_emb, query_emb) or (..., reconstruction).")
+    return out[0], out[1], out[2] if len(out) == 3 else None
+
+
+def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: int = 15, metric: str = "l2",
+                        linear: bool = True) -> pd.DataFrame:
+    """Score several embedding methods over seeds on one reference/query split: a tidy table.
+
+    Parameters
+    ----------
+    embeddings
+        ``{method: source}``. A source is (a) an ``(n_cells, dim)`` array for every cell (rows indexed by
+        the split), (b) a precomputed pair ``(reference_emb, query_emb)`` for a fixed split, or (c) a
+        callable ``source(seed, reference_cells, query_cells) -> (reference_emb, query_emb)`` that fits on
+        the reference cells only; it may return a third element, the query reconstruction as a
+        :func:`reconstruction_metrics` dict or ``(x_true, x_pred[, mask])``.
+    labels
+        One cell-type label per cell of the data set.
+    split
+        ``(reference_cells, query_cells[, note])`` used for every seed, or a callable
+        ``split(seed) -> (reference_cells, query_cells, note)`` (e.g. a :func:`donor_split` per seed).
+    seeds
+        Seeds; each gives one row per method.
+    k, metric
+        Passed to :func:`knn_zero_shot`.
+    linear
+        Also fit a :func:`linear_probe`.
+
+    Returns
+    -------
+    Columns ``method, seed, knn_macro_f1, knn_micro_f1, linear_macro_f1`` (+ ``recon_mse``,
+    ``recon_explained_variance`` where a source gives a reconstruction), ``n_reference, n_query, split``.
+    """
+    labels = np.asarray(labels).astype(str)
+    rows = []
+    for seed in seeds:
+        reference, query, note = _resolve_split(split, seed)
+        for method, source in embeddings.items():
+            ref_emb, query_emb, recon = _method_output(source, seed, reference, query)
+            knn = knn_zero_shot(ref_emb, labels[reference], query_emb, labels[query], k=k, metric=metric)
+            row = {"method": method, "seed": seed, "knn_macro_f1": knn["macro_f1"], "knn_micro_f1": knn["micro_f1"]}
+            if linear:
+                row["linear_macro_f1"] = linear_probe(ref_emb, labels[reference], query_emb, labels[query],
+                                                      seed=seed)["macro_f1"]
+            if recon is not None:
+                scores = recon if isinstance(recon, dict) else reconstruction_metrics(*recon)
+                row["recon_mse"], row["recon_explained_variance"] = scores["mse"], scores["explained_variance"]
+            rows.append({**row, "n_reference": int(len(reference)), "n_query": int(len(query)), "split": note})
+    table = pd.DataFrame(rows)
+    first = ["method", "seed"] + [c for c in SCORE_COLUMNS if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per method, plus a ``"mean ± sd"`` text column per score.
+
+    Returns
+    -------
+    One row per method (in first-seen order): ``n_seeds``, ``<score>_mean``, ``<score>_sd``, ``<score>``.
+    """
+    scores = [c for c in SCORE_COLUMNS if c in results.columns]
+    grouped = results.groupby("method", sort=False)
+    out = pd.DataFrame({"n_seeds": grouped["seed"].nunique()})
+    for column in scores:
+        mean, sd = grouped[column].mean(), grouped[column].std(ddof=1).fillna(0.0)
+        out[f"{column}_mean"], out[f"{column}_sd"] = mean, sd
+        out[column] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
+    return out.reset_index()
+
+
+# -- a whole bundle ---------------------------------------------------------------------------------------
+def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca",), seeds=(0, 1, 2), k: int = 15,
+                    metric: str = "l2", query_fraction: float = 0.3, max_cells: int | None = 50_000,
+                    n_components: int = 64, linear: bool = True) -> pd.DataFrame:
+    """Evaluate a bundle's embeddings beside the HVG and reference-fitted PCA baselines, on held-out donors.
+
+    Each seed holds out a different set of donors (:func:`donor_split`); without donors it falls back to
+    a stratified cell split and the ``split`` column says so. ``pca_reference`` is a PCA fitted on the
+    reference cells only (no leakage); the bundle's own ``X_pca`` was fitted on all cells (unsupervised,
+    but it has seen the query donors). Atlases larger than ``max_cells`` are evaluated on a reproducible
+    sample of cells.
+
+    Parameters
+    ----------
+    atlas
+        An :class:`~engine.atlas.Atlas` or a bundle path.
+    embeddings
+        Names of the bundle's embeddings to score (``X_pca``, ``X_mae``, ...).
+    metric
+        kNN metric, ``"l2"`` or ``"cosine"``. Under ``"l2"`` the standardised HVG space is dominated by
+        rare genes (clipped z-scores of 10) and scores poorly; ``"cosine"`` is the fairer comparison there.
+
+    Returns
+    -------
+    The :func:`evaluate_embeddings` table; ``table.attrs["notes"]`` lists what the caller should know.
+
+    Raises
+    ------
+    InputError
+        When the atlas has no cell-type labels, or its cell types are clusters rather than labels.
+    """
+    from engine.atlas import Atlas
+    from engine.baselines import hvg_embedding, pca_embedding
+
+    if not isinstance(atlas, Atlas):
+        atlas = Atlas(atlas)
+    cell_type_key = atlas.roles.get("cell_type")
+    method = str((atlas.manifest.get("harmonisation", {}).get("cell_type") or {}).get("method") or "")
+    if cell_type_key is None:
+        raise InputError("This atlas has no cell-type labels: annotate it first (evaluation predicts cell types).")
+    if "leiden" in method.lower():
+        raise InputError("This atlas's cell types are clusters, not labels: annotate it first.")
+    obs = atlas.obs
+    labels = obs[cell_type_key]
+    cells = np.flatnonzero(labels.notna().to_numpy() & ~labels.astype(str).isin(["", "unknown", "nan"]).to_numpy())
+    notes = []
+    if len(cells) < len(obs):
+        notes.append(f"{len(obs) - len(cells):,} cells without a cell-type label left out")
+    if max_cells is not None and len(cells) > max_cells:
+        cells = np.sort(np.random.default_rng(0).choice(cells, max_cells, replace=False))
+        notes.append(f"evaluated on a sample of {max_cells:,} cells")
+    sub_obs = obs.iloc[cells]
+    donor_key = atlas.roles.get("donor")
+    if donor_key is None:
+        notes.append("no donor column: cell split instead of held-out donors (scores are optimistic)")
+
+    def split(seed):
+        return donor_split(sub_obs, donor_key, query_fraction=query_fraction, seed=seed, label_key=cell_type_key)
+
+    hvg = np.flatnonzero(atlas.var["highly_variable"].to_numpy())
+    expression = atlas.expression(cells, hvg, layer="lognorm")
+    sources = {}
+    for name in embeddings:
+        sources[name] = np.asarray(atlas.embedding(name)[cells])
+    sources["pca_reference"] = lambda seed, ref, qry: pca_embedding(expression[ref], expression[qry],
+                                                                    n_components=n_components, seed=seed)
+
+    def hvg_source(seed, ref, qry):
+        both = np.concatenate([ref, qry])
+        emb = hvg_embedding(expression[both], fit_rows=np.arange(len(ref)))
+        return emb[: len(ref)], emb[len(ref):]
+
+    sources["hvg"] = hvg_source
+    table = evaluate_embeddings(sources, labels.astype(str).to_numpy()[cells], split, seeds, k=k, metric=metric,
+                                linear=linear)
+    table.attrs["notes"] = notes
+    return table

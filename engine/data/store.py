@@ -165,3 +165,50 @@ class ExpressionStore:
         if "_experiment" in self.__dict__:
             self._experiment.close()
             del self.__dict__["_experiment"]
+
+
+class InMemoryStore:
+    """The read interface of :class:`ExpressionStore` over matrices already in memory.
+
+    Lets the streaming loaders train on an atlas while its bundle is still being built.
+
+    Parameters
+    ----------
+    lognorm
+        Log-normalised values (cells x genes, CSR).
+    counts
+        Raw counts, or ``None``.
+    """
+
+    def __init__(self, lognorm: sp.csr_matrix, counts: sp.csr_matrix | None = None):
+        self._layers = {LOGNORM: sp.csr_matrix(lognorm, dtype=np.float32)}
+        if counts is not None:
+            self._layers[COUNTS] = sp.csr_matrix(counts, dtype=np.float32)
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers held."""
+        return sorted(self._layers)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells."""
+        return self._layers[LOGNORM].shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes."""
+        return self._layers[LOGNORM].shape[1]
+
+    def rows(self, cells: np.ndarray, genes: np.ndarray | None = None, layer: str = LOGNORM) -> sp.csr_matrix:
+        """Expression of ``cells`` x ``genes`` (all when ``None``), rows in the order of ``cells``."""
+        if layer not in self._layers:
+            raise InputError(f"This atlas has no '{layer}' layer (it has {', '.join(self.layers)}): "
+                             "raw counts were not in the input.")
+        matrix = self._layers[layer][np.asarray(cells, dtype=np.int64)]
+        return matrix if genes is None else matrix[:, np.asarray(genes, dtype=np.int64)]
+
+    def iter_rows(self, layer: str = LOGNORM, chunk_size: int = 20_000) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """Yield ``(start, block)`` for consecutive blocks of cells, in row order."""
+        for start in range(0, self.n_cells, chunk_size):
+            yield start, self.rows(np.arange(start, min(start + chunk_size, self.n_cells)), layer=layer)

@@ -47,3 +47,17 @@ def test_missing_layer_and_incomplete_store(tmp_path, store):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleError, match="incomplete"):
         ExpressionStore(tmp_path / "empty")
+
+
+def test_in_memory_store_reads_like_the_disk_store(store):
+    from engine.data.store import InMemoryStore
+
+    disk, lognorm, counts = store
+    memory = InMemoryStore(sp.csr_matrix(lognorm), sp.csr_matrix(counts))
+    cells, genes = np.array([9, 2, 2, 70]), np.array([3, 0])
+    assert memory.layers == disk.layers and (memory.n_cells, memory.n_genes) == (disk.n_cells, disk.n_genes)
+    for layer in ("lognorm", "counts"):
+        np.testing.assert_allclose(memory.rows(cells, genes, layer=layer).toarray(),
+                                   disk.rows(cells, genes, layer=layer).toarray(), rtol=1e-6)
+    with pytest.raises(InputError, match="no 'counts' layer"):
+        InMemoryStore(sp.csr_matrix(lognorm)).rows(cells, layer="counts")
