@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a bundle's parts against its manifest")
     p.add_argument("bundle")
 
+    p = sub.add_parser("evaluate", help="score the bundle's embeddings against baselines on held-out donors")
+    p.add_argument("bundle")
+    p.add_argument("--embeddings", default=None, help="comma-separated embeddings (default: all in the bundle)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (donor splits)")
+    p.add_argument("--metric", choices=["l2", "cosine"], default="cosine", help="kNN metric")
+    p.add_argument("-k", type=int, default=15, help="neighbours for the zero-shot kNN vote")
+
     p = sub.add_parser("serve", help="open the dashboard on a bundle")
     p.add_argument("bundle")
     p.add_argument("--port", type=int, default=8501)
@@ -172,11 +179,30 @@ def _run(args: argparse.Namespace, command: str) -> int:
             print(f"problem: {problem}", file=sys.stderr)
         print(f"{args.bundle}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
         return 0 if not problems else 1
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "serve":
         return serve(args.bundle, args.port, args.headless)
     if args.command == "demo":
         return _demo(args, command)
     raise AssertionError(args.command)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a bundle's embeddings and store the tables in BUNDLE/evaluation/."""
+    from engine.atlas import read_atlas
+    from engine.evaluate import evaluate_bundle, save_evaluation, summarise
+
+    atlas = read_atlas(args.bundle)
+    names = args.embeddings.split(",") if args.embeddings else atlas.manifest["embedding"]["available"]
+    results = evaluate_bundle(atlas, embeddings=names, seeds=tuple(range(args.seeds)), k=args.k, metric=args.metric)
+    save_evaluation(atlas.path / "evaluation", results)
+    for note in results.attrs.get("notes", []):
+        print(f"note: {note}")
+    summary = summarise(results)
+    print(summary[[c for c in summary.columns if not c.endswith(("_mean", "_sd"))]].to_string(index=False))
+    print(f"written to {atlas.path / 'evaluation'}; the dashboard's Model page shows it")
+    return 0
 
 
 def _census(args: argparse.Namespace) -> int:

@@ -434,4 +434,32 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
     table = evaluate_embeddings(sources, labels.astype(str).to_numpy()[cells], split, seeds, k=k, metric=metric,
                                 linear=linear)
     table.attrs["notes"] = notes
+    table.attrs["metric"] = metric
     return table
+
+
+def save_evaluation(path, results: pd.DataFrame) -> None:
+    """Write ``results.csv``, ``summary.csv`` and ``notes.json`` into directory ``path``, atomically."""
+    from pathlib import Path
+
+    from engine.fileio import atomic_path, write_json
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, table in (("results.csv", results), ("summary.csv", summarise(results))):
+        with atomic_path(path / name) as tmp:
+            table.to_csv(tmp, index=False)
+    write_json(path / "notes.json", {"notes": list(results.attrs.get("notes", [])),
+                                     "metric": results.attrs.get("metric")})
+
+
+def load_evaluation(path) -> tuple[pd.DataFrame, list[str]] | None:
+    """The summary table and notes written by :func:`save_evaluation`, or ``None`` if absent."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not (path / "summary.csv").exists():
+        return None
+    notes = json.loads((path / "notes.json").read_text()).get("notes", []) if (path / "notes.json").exists() else []
+    return pd.read_csv(path / "summary.csv"), notes

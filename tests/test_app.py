@@ -180,3 +180,23 @@ def test_bad_bundle_gives_one_error_sentence(monkeypatch, tmp_path, small_bundle
     for name in ("compare", "model"):
         at.switch_page(f"views/{name}.py").run()
         assert not at.exception and len(at.error) == 1
+
+
+def test_model_page_shows_the_evaluation_written_by_vcell_evaluate(small_bundle, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from engine.cli import main
+
+    copy = tmp_path / "evaluated.vcell"
+    shutil.copytree(small_bundle, copy)
+    app = start(monkeypatch, copy)
+    visit(app, "model")
+    assert "Not evaluated yet" in texts(app.caption)
+    assert main(["evaluate", str(copy), "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "X_pca" in printed and "hvg" in printed and "±" in printed
+    app = start(monkeypatch, copy)
+    visit(app, "model")
+    assert "Not evaluated yet" not in texts(app.caption)
+    tables = [d.value for d in app.dataframe if "method" in d.value]
+    assert len(tables) == 1 and set(tables[0]["method"]) >= {"X_pca", "pca_reference", "hvg"}

@@ -9,6 +9,7 @@ import streamlit as st
 from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
                             show_table)
 from engine.atlas import Atlas
+from engine.evaluate import load_evaluation
 
 TOP_CELL_TYPES = 30
 QUALITY_LABELS = {"pca_explained_variance": "PCA explained variance", "index_recall_at_10": "Index recall@10",
@@ -92,6 +93,31 @@ def cells_figure(atlas: Atlas) -> go.Figure:
     return fig
 
 
+EVAL_SCORES = {"knn_macro_f1": "zero-shot kNN macro-F1", "knn_micro_f1": "zero-shot kNN micro-F1",
+               "linear_macro_f1": "linear probe macro-F1"}
+
+
+def evaluation_section(atlas: Atlas) -> None:
+    """Scores of the embeddings against the baselines on held-out donors (from `vcell evaluate`)."""
+    st.subheader("Embedding evaluation (held-out donors)")
+    stored = load_evaluation(atlas.path / "evaluation")
+    if stored is None:
+        st.caption(f"Not evaluated yet: run `vcell evaluate {atlas.path}` to score the embeddings against the "
+                   "PCA and highly-variable-gene baselines on held-out donors.")
+        return
+    summary, notes = stored
+    scores = [c for c in EVAL_SCORES if f"{c}_mean" in summary]
+    fig = go.Figure([go.Bar(name=EVAL_SCORES[c], x=summary["method"], y=summary[f"{c}_mean"],
+                            error_y=dict(type="data", array=summary[f"{c}_sd"])) for c in scores])
+    fig.update_layout(barmode="group", height=320, yaxis=dict(title="score (mean ± sd over seeds)", range=[0, 1.05]),
+                      margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=1.1))
+    st.plotly_chart(fig, key="model_evaluation", config={"displaylogo": False})
+    table = summary[["method", "n_seeds", *scores]].rename(columns=EVAL_SCORES)
+    show_table(table)
+    for note in notes:
+        st.caption(note)
+
+
 def main() -> None:
     """Draw the Model page."""
     atlas = current_atlas()
@@ -108,6 +134,7 @@ def main() -> None:
 
     st.subheader("Quality")
     quality_metrics(atlas)
+    evaluation_section(atlas)
 
     left, right = st.columns(2, gap="large")
     with left:
