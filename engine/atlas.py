@@ -233,7 +233,8 @@ def validate_atlas(path: str | os.PathLike) -> list[str]:
         lambda: (atlas.store.n_cells == n and atlas.store.n_genes == atlas.n_genes,
                  f"expression store is {atlas.store.n_cells} x {atlas.store.n_genes}, expected {n} x {atlas.n_genes}"),
         lambda: (int(atlas.summaries.groups["n_cells"].sum()) == n, "summaries do not add up to the number of cells"),
-        lambda: (atlas.model.genes == [atlas.var.index[i] for i in np.flatnonzero(atlas.var["highly_variable"])],
+        lambda: (atlas.manifest["model"].get("genes") == "custom"
+                 or atlas.model.genes == [atlas.var.index[i] for i in np.flatnonzero(atlas.var["highly_variable"])],
                  "model gene list does not match the atlas's highly variable genes"),
     ]
     for name in atlas.manifest["embedding"]["available"]:

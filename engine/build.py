@@ -1,7 +1,8 @@
 """``vcell build``: turn an input atlas into a bundle.
 
 harmonise -> expression store -> embedding (PCA) -> FAISS index -> (clusters when the input
-has no cell types) -> UMAP layout -> group summaries -> manifest. Everything is written
+has no cell types) -> UMAP layout -> group summaries -> manifest; with ``--model`` a learned
+encoder is then pretrained (or loaded) and its embedding becomes the default (engine.embed). Everything is written
 into a temporary directory that is renamed to the bundle path only when every step has
 succeeded, so a failure never leaves a half-written bundle.
 """
@@ -38,6 +39,8 @@ class BuildOptions:
     n_pcs: int = 50
     pca_sample: int = 50_000
     n_landmarks: int = 15_000
+    model: str | None = None
+    epochs: int = 10
     seed: int = 0
 
 
@@ -200,6 +203,12 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
             "provenance": provenance(str(source), command, generated),
         }
         write_json(tmp / "manifest.json", manifest)
+        if options.model:
+            from engine.embed import add_learned_embedding
+
+            manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
+                                             n_landmarks=options.n_landmarks, progress=_sub(progress, 0.95, 0.995))
+            write_json(tmp / "manifest.json", manifest)
     report(progress, 1.0, f"bundle written to {out}")
     return out
 

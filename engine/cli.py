@@ -31,6 +31,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("methods")
     m.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes for the embedding")
     m.add_argument("--n-pcs", type=int, default=50, help="PCA components")
+    m.add_argument("--model", help="learned embedding: mae, gp-mae, byol, barlow, or a model checkpoint directory")
+    m.add_argument("--epochs", type=int, default=10, help="pretraining epochs with --model METHOD")
     m.add_argument("--seed", type=int, default=0)
 
 
@@ -95,7 +97,7 @@ def _options(args: argparse.Namespace):
     return BuildOptions(cell_type_key=args.cell_type_key, condition_key=args.condition_key,
                         donor_key=args.donor_key, batch_key=args.batch_key,
                         reference_condition=args.reference_condition, gene_map=args.gene_map,
-                        n_hvg=args.n_hvg, n_pcs=args.n_pcs, seed=args.seed)
+                        n_hvg=args.n_hvg, n_pcs=args.n_pcs, model=args.model, epochs=args.epochs, seed=args.seed)
 
 
 def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -> int:

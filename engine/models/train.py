@@ -78,8 +78,8 @@ class SSLTask(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        hook = getattr(self.model, "on_after_optimizer_step", None) or getattr(self.model, "update_target", None)
-        if callable(hook):  # BYOL's exponential moving average of the target network
+        hook = getattr(self.model, "on_after_optimizer_step", None)
+        if callable(hook):  # models needing a post-step update; BYOL moves its EMA target in training_loss
             hook()
 
     def on_train_epoch_start(self) -> None:

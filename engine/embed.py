@@ -1,0 +1,130 @@
+"""A learned embedding for a bundle: pretrain (or load) an encoder, embed every cell, and
+make that embedding the one the map, the index and the neighbours use.
+
+Called by ``vcell build --model mae|gp-mae|byol|barlow|PATH`` on the bundle being built
+(inside its temporary directory, so the whole build stays atomic). The PCA embedding stays
+in the bundle as the baseline (``obsm/X_pca.npy``, checkpoint in ``baselines/pca/``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.fileio import write_npy
+from engine.progress import Progress, report
+
+
+def embedding_name(method: str) -> str:
+    """The obsm key of a method's embedding: ``mae`` -> ``X_mae``, ``gp-mae`` -> ``X_gp_mae``."""
+    return "X_" + method.replace("-", "_")
+
+
+def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epochs: int = 10, seed: int = 0,
+                          n_landmarks: int = 15_000, progress: Progress | None = None) -> dict:
+    """Pretrain ``model`` (a method name) or load it (a checkpoint directory), embed the bundle's
+    cells, and rebuild index and layout on that embedding.
+
+    Parameters
+    ----------
+    bundle
+        A complete bundle directory (typically the temporary one of a build).
+    manifest
+        Its manifest, as written; the returned copy describes the new default embedding.
+    model
+        ``mae``, ``gp-mae``, ``byol``, ``barlow`` or the path of a saved model checkpoint.
+    epochs, seed
+        Training settings (ignored for a checkpoint).
+    n_landmarks
+        Layout landmarks.
+
+    Returns
+    -------
+    The updated manifest (the caller writes it).
+    """
+    from engine.atlas import Atlas
+    from engine.evaluate import knn_label_agreement
+    from engine.index import build_index, save_index
+    from engine.layout import umap_layout
+    from engine.models.checkpoint import load_checkpoint
+    from engine.models.serialize import load_model
+    from engine.models.ssl import METHODS
+    from engine.models.train import embed_atlas, pretrain
+
+    bundle = Path(bundle)
+    atlas = Atlas(bundle)
+    if model in METHODS:
+        if model == "supervised":
+            raise InputError("--model supervised is a baseline for evaluation, not a self-supervised embedding: "
+                             "use mae, gp-mae, byol or barlow.")
+        run = bundle / "training"
+        report(progress, 0.0, f"pretraining {model} for {epochs} epochs")
+        pretrain(atlas, model, epochs=epochs, seed=seed, out=run, progress=_part(progress, 0.0, 0.6))
+        checkpoint = run / "model"
+        method = model
+    else:
+        checkpoint = Path(model)
+        if not checkpoint.exists():
+            raise InputError(f"--model {model} is neither a method ({', '.join(m for m in METHODS if m != 'supervised')}) "
+                             "nor an existing model checkpoint directory.")
+        method = None
+    encoder, genes = load_model(checkpoint)
+    method = method or encoder.config.get("method", "model")
+    report(progress, 0.6, "embedding every cell")
+    embedding = embed_atlas(atlas, encoder, genes, progress=_part(progress, 0.6, 0.75))
+    name = embedding_name(method)
+    write_npy(bundle / "obsm" / f"{name}.npy", embedding.astype(np.float32))
+
+    report(progress, 0.75, "building the FAISS index of the learned embedding")
+    index, index_info = build_index(embedding, seed=seed)
+    save_index(index, bundle / "index" / f"{name}.faiss")
+    (bundle / "index" / "X_pca.faiss").unlink()
+    report(progress, 0.8, "computing the UMAP layout of the learned embedding")
+    coords, layout_params = umap_layout(embedding, n_landmarks=n_landmarks, seed=seed,
+                                        progress=_part(progress, 0.8, 0.98))
+    write_npy(bundle / "obsm" / "X_umap.npy", coords)
+
+    (bundle / "baselines").mkdir(exist_ok=True)
+    (bundle / "model").rename(bundle / "baselines" / "pca")
+    shutil.copytree(checkpoint, bundle / "model")
+    if (bundle / "training").exists():
+        _keep_training_record(bundle / "training", bundle / "model")
+        shutil.rmtree(bundle / "training")
+
+    quality = dict(manifest["quality"])
+    if "knn_label_agreement" in quality and "leiden" not in str(manifest["harmonisation"]["cell_type"]):
+        quality["pca_knn_label_agreement"] = quality.pop("knn_label_agreement")
+        quality.pop("knn_label_agreement_macro", None)
+        quality.update(knn_label_agreement(index, embedding, atlas.obs["cell_type"], seed=seed))
+    quality["index_recall_at_10"] = index_info.recall_at_10 if index_info.recall_at_10 is not None else 1.0
+    config = {k: v for k, v in encoder.config.items() if isinstance(v, (str, int, float, bool, list))}
+    record = load_checkpoint(bundle / "model").config.get("training") or {}
+    training = {k: record[k] for k in ("epochs", "seed", "lr", "batch_size", "best_epoch", "best_val_loss",
+                                       "n_train_cells", "n_val_cells", "val_donors", "split") if k in record}
+    return {
+        **manifest,
+        "embedding": {"default": name, "available": [name, "X_pca"]},
+        "model": {"name": method, "n_components": int(embedding.shape[1]), "genes": "highly_variable"
+                  if list(genes) == list(atlas.var.index[atlas.var["highly_variable"].to_numpy()]) else "custom",
+                  "n_genes": len(genes), "source": str(model), "config": config, "training": training,
+                  "baseline": {"name": "pca", "path": "baselines/pca", **{k: manifest["model"][k]
+                               for k in ("n_components", "explained_variance") if k in manifest["model"]}}},
+        "index": {"path": f"index/{name}.faiss", "embedding": name, **index_info.to_dict()},
+        "layout": {"embedding": name, **layout_params},
+        "quality": quality,
+    }
+
+
+def _keep_training_record(run: Path, model_dir: Path) -> None:
+    """Keep the small training history beside the checkpoint; Lightning's checkpoints are dropped."""
+    for record in run.glob("*.json"):
+        shutil.copy(record, model_dir / f"training_{record.name}")
+
+
+def _part(progress: Progress | None, start: float, stop: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (stop - start) * fraction, message)

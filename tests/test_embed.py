@@ -1,0 +1,49 @@
+"""vcell build --model: a learned embedding becomes the bundle's default (map, index, neighbours)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine.atlas import read_atlas, validate_atlas
+from engine.cli import main
+from engine.neighbours import find_neighbours
+from vcell_testing import shared_file
+
+
+@pytest.fixture(scope="module")
+def mae_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mae") / "kang_mae.vcell"
+    assert main(["build", str(shared_file("kang_ifnb_1k.h5ad")), "--out", str(out), "--model", "mae",
+                 "--epochs", "2"]) == 0
+    return out
+
+
+def test_learned_embedding_is_the_default(mae_bundle):
+    assert validate_atlas(mae_bundle) == []
+    atlas = read_atlas(mae_bundle)
+    manifest = atlas.manifest
+    assert manifest["embedding"] == {"default": "X_mae", "available": ["X_mae", "X_pca"]}
+    assert manifest["index"]["path"] == "index/X_mae.faiss" and manifest["layout"]["embedding"] == "X_mae"
+    assert manifest["model"]["name"] == "mae" and manifest["model"]["training"]["epochs"] == 2
+    assert atlas.embedding().shape == (atlas.n_cells, 64) and atlas.index.d == 64
+    # the PCA baseline stays: its embedding and its checkpoint
+    assert atlas.embedding("X_pca").shape[1] == 50
+    assert json.loads((mae_bundle / "baselines" / "pca" / "config.json").read_text())["model"] == "pca"
+    # neighbours are searched in the learned space and still respect biology
+    mono = np.flatnonzero(atlas.obs["cell_type"] == "CD14 Mono")[:1]
+    found = find_neighbours(atlas, mono, k=10)
+    assert found.summary.breakdown["cell_type"]["value"].iloc[0] == "CD14 Mono"
+    assert 0.0 <= manifest["quality"]["knn_label_agreement"] <= 1.0 and "pca_knn_label_agreement" in manifest["quality"]
+
+
+def test_model_checkpoint_can_be_reused_and_bad_models_are_refused(mae_bundle, tmp_path, shared_data, capsys):
+    source = str(shared_data("kang_ifnb_1k.h5ad"))
+    reused = tmp_path / "reused.vcell"
+    shutil.copytree(mae_bundle / "model", tmp_path / "mae_model")
+    assert main(["build", source, "--out", str(reused), "--model", str(tmp_path / "mae_model")]) == 0
+    np.testing.assert_allclose(read_atlas(reused).embedding(), read_atlas(mae_bundle).embedding(), atol=1e-5)
+    assert main(["build", source, "--out", str(tmp_path / "x.vcell"), "--model", "transformer"]) == 2
+    assert "neither a method" in capsys.readouterr().err
+    assert not (tmp_path / "x.vcell").exists()
