@@ -67,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_build_options(p)
 
+    p = sub.add_parser("pretrain", help="pretrain a masked or contrastive encoder on a bundle's cells")
+    p.add_argument("bundle", help="a bundle (build one from .h5ad / SOMA with `vcell build` first)")
+    p.add_argument("--method", required=True, help="mae, gp-mae, byol, barlow or supervised")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-cells", type=int, default=None, help="train on a seeded subset of cells")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a last checkpoint")
+    p.add_argument("--out", required=True, help="run directory; the model is written to OUT/model")
+
+    p = sub.add_parser("embed", help="add a saved model's embedding of every cell to a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--model", required=True, help="model checkpoint directory (e.g. RUN/model from vcell pretrain)")
+
     p = sub.add_parser("validate", help="check a bundle's parts against its manifest")
     p.add_argument("bundle")
 
@@ -172,6 +187,21 @@ def _run(args: argparse.Namespace, command: str) -> int:
             out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
                               progress=progress)
         print(f"bundle written to {out}; open it with: vcell serve {out}")
+        return 0
+    if args.command == "pretrain":
+        from engine.models.train import pretrain
+
+        model = pretrain(args.bundle, args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         max_cells=args.max_cells, seed=args.seed, out=args.out, resume=not args.no_resume,
+                         progress_bar=True)
+        print(f"model written to {model}; use it with: vcell embed BUNDLE --model {model}")
+        return 0
+    if args.command == "embed":
+        from engine.embed import add_embedding
+
+        with TqdmProgress("embed") as progress:
+            name = add_embedding(args.bundle, args.model, progress=progress)
+        print(f"{name} added to {args.bundle}; compare it with: vcell evaluate {args.bundle}")
         return 0
     if args.command == "validate":
         from engine.atlas import validate_atlas

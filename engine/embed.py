@@ -118,6 +118,32 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
     }
 
 
+def add_embedding(bundle: str | Path, checkpoint: str | Path, *, progress: Progress | None = None) -> str:
+    """Embed a bundle's cells with a saved model and register the embedding (not as default).
+
+    The embedding is written atomically, then the manifest (the commit point) lists it; the
+    map, index and default stay as they are. Returns the embedding's name (``X_<method>``).
+    """
+    from engine.atlas import Atlas
+    from engine.fileio import write_json
+    from engine.models.serialize import load_model
+    from engine.models.train import embed_atlas
+
+    atlas = Atlas(bundle)
+    model, genes = load_model(checkpoint)
+    name = embedding_name(model.config.get("method", "model"))
+    embedding = embed_atlas(atlas, model, genes, progress=progress)
+    write_npy(atlas.path / "obsm" / f"{name}.npy", embedding.astype(np.float32))
+    manifest = dict(atlas.manifest)
+    available = [n for n in manifest["embedding"]["available"] if n != name] + [name]
+    manifest["embedding"] = {**manifest["embedding"], "available": available}
+    manifest.setdefault("extra_models", {})[name] = {"source": str(checkpoint), "n_genes": len(genes),
+                                                     "config": {k: v for k, v in model.config.items()
+                                                                if isinstance(v, (str, int, float, bool))}}
+    write_json(atlas.path / "manifest.json", manifest)
+    return name
+
+
 def _keep_training_record(run: Path, model_dir: Path) -> None:
     """Keep the small training history beside the checkpoint; Lightning's checkpoints are dropped."""
     for record in run.glob("*.json"):

@@ -47,3 +47,20 @@ def test_model_checkpoint_can_be_reused_and_bad_models_are_refused(mae_bundle, t
     assert main(["build", source, "--out", str(tmp_path / "x.vcell"), "--model", "transformer"]) == 2
     assert "neither a method" in capsys.readouterr().err
     assert not (tmp_path / "x.vcell").exists()
+
+
+def test_pretrain_then_embed_adds_an_embedding_without_changing_the_default(small_bundle, tmp_path, capsys):
+    bundle = tmp_path / "b.vcell"
+    shutil.copytree(small_bundle, bundle)
+    run = tmp_path / "run"
+    assert main(["pretrain", str(bundle), "--method", "barlow", "--epochs", "1", "--max-cells", "1000",
+                 "--out", str(run)]) == 0
+    assert (run / "model" / "weights.safetensors").exists()
+    assert main(["embed", str(bundle), "--model", str(run / "model")]) == 0
+    atlas = read_atlas(bundle)
+    assert atlas.manifest["embedding"] == {"default": "X_pca", "available": ["X_pca", "X_barlow"]}
+    assert atlas.embedding("X_barlow").shape == (atlas.n_cells, 64)
+    assert np.isfinite(atlas.embedding("X_barlow")).all()
+    assert validate_atlas(bundle) == []
+    assert main(["pretrain", str(bundle), "--method", "vae", "--out", str(tmp_path / "bad")]) == 2
+    assert "Unknown method 'vae'" in capsys.readouterr().err
