@@ -63,3 +63,14 @@ def small_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_bundle")
     source = generate_atlas(root / "generated-3000", 3000, seed=0)
     return build_atlas(source, root / "generated-3000.vcell", BuildOptions(n_landmarks=1000))
+
+
+@pytest.fixture(scope="session")
+def mae_bundle(tmp_path_factory) -> Path:
+    """Kang interferon-beta PBMC built with a learned embedding (`vcell build --model mae --epochs 2`)."""
+    from engine.cli import main
+
+    out = tmp_path_factory.mktemp("mae") / "kang_mae.vcell"
+    assert main(["build", str(shared_file("kang_ifnb_1k.h5ad")), "--out", str(out), "--model", "mae",
+                 "--epochs", "2"]) == 0
+    return out

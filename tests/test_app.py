@@ -200,3 +200,12 @@ def test_model_page_shows_the_evaluation_written_by_vcell_evaluate(small_bundle,
     assert "Not evaluated yet" not in texts(app.caption)
     tables = [d.value for d in app.dataframe if "method" in d.value]
     assert len(tables) == 1 and set(tables[0]["method"]) >= {"X_pca", "pca_reference", "hvg"}
+
+
+def test_every_page_works_on_a_bundle_with_a_learned_embedding(mae_bundle, monkeypatch):
+    app = start(monkeypatch, mae_bundle)
+    for name in PAGES:
+        visit(app, name)
+        assert not app.error, (name, texts(app.error))
+    assert "X_mae" in texts(app.caption) + texts(app.markdown) + " ".join(
+        str(d.value.to_dict()) for d in app.dataframe)

@@ -4,20 +4,10 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from engine.atlas import read_atlas, validate_atlas
 from engine.cli import main
 from engine.neighbours import find_neighbours
-from vcell_testing import shared_file
-
-
-@pytest.fixture(scope="module")
-def mae_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mae") / "kang_mae.vcell"
-    assert main(["build", str(shared_file("kang_ifnb_1k.h5ad")), "--out", str(out), "--model", "mae",
-                 "--epochs", "2"]) == 0
-    return out
 
 
 def test_learned_embedding_is_the_default(mae_bundle):
