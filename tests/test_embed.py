@@ -54,3 +54,22 @@ def test_pretrain_then_embed_adds_an_embedding_without_changing_the_default(smal
     assert validate_atlas(bundle) == []
     assert main(["pretrain", str(bundle), "--method", "vae", "--out", str(tmp_path / "bad")]) == 2
     assert "Unknown method 'vae'" in capsys.readouterr().err
+
+
+def test_a_model_applies_to_an_atlas_with_other_genes_or_refuses(mae_bundle, covid_bundle, tmp_path, capsys):
+    from engine.models.serialize import align_genes, load_model
+    from engine.models.train import embed_atlas
+    from vcell_testing import shared_file
+
+    model, genes = load_model(mae_bundle / "model")
+    covid = read_atlas(covid_bundle)
+    positions, overlap = align_genes(genes, covid.var)
+    assert 0.5 < overlap < 1.0  # Kang's HVGs are partly absent from the COVID panel: filled and masked
+    embedding = embed_atlas(covid, model, genes)
+    assert embedding.shape == (covid.n_cells, 64) and np.isfinite(embedding).all()
+    # the Ensembl-ID reference shares no names with a symbol-keyed model: refused, overlap stated
+    out = tmp_path / "ref.vcell"
+    assert main(["build", str(shared_file("kang_ctrl_reference.h5ad")), "--out", str(out),
+                 "--model", str(mae_bundle / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "are in this atlas" in err and "below the 50% needed" in err and not out.exists()

@@ -369,8 +369,12 @@ def _best_epoch(path: str) -> int | None:
 
 @torch.inference_mode()
 def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096, progress: Progress | None = None,
-                device: str | torch.device | None = None) -> np.ndarray:
+                device: str | torch.device | None = None, min_overlap: float = 0.5) -> np.ndarray:
     """Embed every cell of ``atlas`` with ``model``, streaming the store in row order.
+
+    Gene names are aligned to the atlas by Ensembl ID or symbol; model genes the atlas lacks
+    are filled with 0 and passed to ``model.embed`` as unobserved (masked) genes. Fewer than
+    ``min_overlap`` of the model's genes in the atlas is refused with the overlap stated.
 
     Parameters
     ----------
@@ -392,8 +396,15 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
     """
     from engine.atlas import Atlas, read_atlas
 
+    from engine.models.serialize import align_block, align_genes
+
     atlas = atlas if isinstance(atlas, Atlas) else read_atlas(atlas)
-    positions = resolve_genes(atlas, genes)
+    if all(isinstance(g, str) for g in genes):
+        positions, _ = align_genes(list(genes), atlas.var, min_overlap=min_overlap)
+    else:
+        positions = resolve_genes(atlas, genes)
+    present = positions >= 0
+    columns = _compact(present)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     was_training = model.training
     model = model.to(device).eval()
@@ -402,11 +413,13 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
     try:
         for start in range(0, atlas.n_cells, batch_size):
             cells = np.arange(start, min(start + batch_size, atlas.n_cells))
-            x = torch.from_numpy(store.rows(cells, positions).toarray()).to(device)
+            block = store.rows(cells, positions[present])
+            x, missing = align_block(block, columns)
+            x = x.to(device)
             if not torch.isfinite(x).all():
                 raise InputError(f"Cells {start}..{cells[-1]} have NaN or infinite expression values: "
                                  "rebuild the bundle from clean counts.")
-            z = model.embed(x).float().cpu().numpy()
+            z = (model.embed(x, missing.to(device)) if bool(missing.any()) else model.embed(x)).float().cpu().numpy()
             if out is None:
                 out = np.empty((atlas.n_cells, z.shape[1]), dtype=np.float32)
             out[cells] = z
@@ -414,6 +427,13 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
     finally:
         model.train(was_training)
     return out
+
+
+def _compact(present: np.ndarray) -> np.ndarray:
+    """Column of each present model gene within a block read with only the present genes (-1: missing)."""
+    columns = np.full(len(present), -1, dtype=np.int64)
+    columns[present] = np.arange(int(present.sum()))
+    return columns
 
 
 def main(argv: Sequence[str] | None = None) -> None:
