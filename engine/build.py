@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from engine.atlas import FORMAT, FORMAT_VERSION, gene_hash, provenance
 from engine.errors import InputError
 from engine.fileio import atomic_dir, write_json, write_npy
-from engine.progress import Progress, report
+from engine.progress import Progress, report, scaled
 
 BLOCK = 20_000
 
@@ -106,6 +106,8 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     from engine.summaries import compute_summaries
 
     options = options or BuildOptions()
+    overall = progress  # with --model, pretraining dominates: the PCA bundle gets the first 40% of the bar
+    progress = scaled(overall, 0.0, 0.4) if options.model else overall
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists: choose another --out or pass --overwrite.")
@@ -160,7 +162,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
 
     report(progress, 0.45, "computing the UMAP layout")
     coords, layout_params = umap_layout(embedding, n_landmarks=options.n_landmarks, seed=options.seed,
-                                        progress=_sub(progress, 0.45, 0.75))
+                                        progress=scaled(progress, 0.45, 0.75))
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         report(progress, 0.75, "writing the expression store")
@@ -207,9 +209,10 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
             from engine.embed import add_learned_embedding
 
             manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
-                                             n_landmarks=options.n_landmarks, progress=_sub(progress, 0.95, 0.995))
+                                             n_landmarks=options.n_landmarks,
+                                             progress=scaled(overall, 0.4, 0.995))
             write_json(tmp / "manifest.json", manifest)
-    report(progress, 1.0, f"bundle written to {out}")
+    report(overall, 1.0, f"bundle written to {out}")
     return out
 
 
@@ -225,10 +228,3 @@ def _clean_obs(obs: pd.DataFrame) -> pd.DataFrame:
         elif values.dtype == object or pd.api.types.is_string_dtype(values) or pd.api.types.is_bool_dtype(values):
             obs[column] = pd.Categorical(values.astype(str))
     return obs
-
-
-def _sub(progress: Progress | None, start: float, stop: float) -> Progress | None:
-    """A progress callback mapping ``[0, 1]`` onto ``[start, stop]`` of ``progress``."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (stop - start) * fraction, message)

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.fileio import write_npy
-from engine.progress import Progress, report
+from engine.progress import Progress, report, scaled
 
 
 def embedding_name(method: str) -> str:
@@ -62,7 +62,7 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
                              "use mae, gp-mae, byol or barlow.")
         run = bundle / "training"
         report(progress, 0.0, f"pretraining {model} for {epochs} epochs")
-        pretrain(atlas, model, epochs=epochs, seed=seed, out=run, progress=_part(progress, 0.0, 0.6))
+        pretrain(atlas, model, epochs=epochs, seed=seed, out=run, progress=scaled(progress, 0.0, 0.6))
         checkpoint = run / "model"
         method = model
     else:
@@ -74,7 +74,7 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
     encoder, genes = load_model(checkpoint)
     method = method or encoder.config.get("method", "model")
     report(progress, 0.6, "embedding every cell")
-    embedding = embed_atlas(atlas, encoder, genes, progress=_part(progress, 0.6, 0.75))
+    embedding = embed_atlas(atlas, encoder, genes, progress=scaled(progress, 0.6, 0.75))
     name = embedding_name(method)
     write_npy(bundle / "obsm" / f"{name}.npy", embedding.astype(np.float32))
 
@@ -84,7 +84,7 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
     (bundle / "index" / "X_pca.faiss").unlink()
     report(progress, 0.8, "computing the UMAP layout of the learned embedding")
     coords, layout_params = umap_layout(embedding, n_landmarks=n_landmarks, seed=seed,
-                                        progress=_part(progress, 0.8, 0.98))
+                                        progress=scaled(progress, 0.8, 0.98))
     write_npy(bundle / "obsm" / "X_umap.npy", coords)
 
     (bundle / "baselines").mkdir(exist_ok=True)
@@ -148,9 +148,3 @@ def _keep_training_record(run: Path, model_dir: Path) -> None:
     """Keep the small training history beside the checkpoint; Lightning's checkpoints are dropped."""
     for record in run.glob("*.json"):
         shutil.copy(record, model_dir / f"training_{record.name}")
-
-
-def _part(progress: Progress | None, start: float, stop: float) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (stop - start) * fraction, message)

@@ -22,6 +22,13 @@ def report(progress: Progress | None, fraction: float, message: str) -> None:
         progress(min(max(float(fraction), 0.0), 1.0), message)
 
 
+def scaled(progress: Progress | None, start: float, stop: float) -> Progress | None:
+    """A callback mapping a sub-step's ``[0, 1]`` onto ``[start, stop]`` of ``progress``."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (stop - start) * fraction, message)
+
+
 def track(items: Iterable[T], total: int, progress: Progress | None, message: str,
           start: float = 0.0, stop: float = 1.0) -> Iterator[T]:
     """Yield ``items`` while reporting progress from ``start`` to ``stop``."""
