@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (donor splits)")
     p.add_argument("--metric", choices=["l2", "cosine"], default="cosine", help="kNN metric")
     p.add_argument("-k", type=int, default=15, help="neighbours for the zero-shot kNN vote")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of the supervised baseline and fine-tuning")
+    p.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
+    p.add_argument("--finetune", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="fine-tune this checkpoint's encoder as method NAME (repeatable)")
 
     p = sub.add_parser("serve", help="open the dashboard on a bundle")
     p.add_argument("bundle")
@@ -223,11 +227,16 @@ def _run(args: argparse.Namespace, command: str) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a bundle's embeddings and store the tables in BUNDLE/evaluation/."""
     from engine.atlas import read_atlas
+    from engine.errors import InputError
     from engine.evaluate import evaluate_bundle, save_evaluation, summarise
 
     atlas = read_atlas(args.bundle)
     names = args.embeddings.split(",") if args.embeddings else atlas.manifest["embedding"]["available"]
-    results = evaluate_bundle(atlas, embeddings=names, seeds=tuple(range(args.seeds)), k=args.k, metric=args.metric)
+    if any("=" not in item for item in args.finetune):
+        raise InputError("--finetune takes NAME=CHECKPOINT, e.g. --finetune X_mae=run/model.")
+    finetune = dict(item.split("=", 1) for item in args.finetune)
+    results = evaluate_bundle(atlas, embeddings=names, seeds=tuple(range(args.seeds)), k=args.k, metric=args.metric,
+                              supervised=not args.no_supervised, epochs=args.epochs, finetune=finetune or None)
     save_evaluation(atlas.path / "evaluation", results)
     for note in results.attrs.get("notes", []):
         print(f"note: {note}")

@@ -6,7 +6,8 @@
 * :func:`linear_probe` -- logistic regression on frozen embeddings (the cheap transfer metric).
 * :func:`reconstruction_metrics` -- MSE and variance-weighted explained variance, optionally masked entries.
 * :func:`evaluate_embeddings` / :func:`summarise` -- methods x seeds table, mean +- sd per method.
-* :func:`evaluate_bundle` -- a bundle's embeddings beside the PCA and HVG baselines (``engine.baselines``).
+* :func:`evaluate_bundle` -- a bundle's embeddings beside the PCA, HVG and supervised baselines, with
+  fine-tuned classification (``engine.baselines``, ``engine.finetune``).
 
 All but the last are pure functions of arrays, so they score any embedding.
 """
@@ -264,7 +265,8 @@ def reconstruction_metrics(x_true, x_pred, mask=None) -> dict[str, float]:
 
 
 # -- methods x seeds --------------------------------------------------------------------------------------
-SCORE_COLUMNS = ["knn_macro_f1", "knn_micro_f1", "linear_macro_f1", "recon_mse", "recon_explained_variance"]
+SCORE_COLUMNS = ["knn_macro_f1", "knn_micro_f1", "linear_macro_f1", "classifier_macro_f1", "recon_mse",
+                 "recon_explained_variance"]
 
 
 def _resolve_split(split, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -279,9 +281,13 @@ def _resolve_split(split, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray):
-    """``(ref_emb, query_emb, reconstruction or None)`` from an array, a pair or a callable."""
+    """``(ref_emb, query_emb, reconstruction or None, predictions or None)`` from an array, pair or callable."""
     if callable(source):
         out = source(seed, reference, query)
+        if isinstance(out, dict):
+            if "reference" not in out or "query" not in out:
+                raise InputError("A source's dict must hold 'reference' and 'query' embeddings.")
+            return out["reference"], out["query"], out.get("reconstruction"), out.get("predictions")
     elif isinstance(source, (tuple, list)):
         out = source
     else:  # one embedding row per cell of the data set
@@ -289,7 +295,7 @@ def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray):
         out = (emb[reference], emb[query])
     if len(out) not in (2, 3):
         raise InputError("An embedding source must give (reference_emb, query_emb) or (..., reconstruction).")
-    return out[0], out[1], out[2] if len(out) == 3 else None
+    return out[0], out[1], out[2] if len(out) == 3 else None, None
 
 
 def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: int = 15, metric: str = "l2",
@@ -303,7 +309,9 @@ def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: 
         the split), (b) a precomputed pair ``(reference_emb, query_emb)`` for a fixed split, or (c) a
         callable ``source(seed, reference_cells, query_cells) -> (reference_emb, query_emb)`` that fits on
         the reference cells only; it may return a third element, the query reconstruction as a
-        :func:`reconstruction_metrics` dict or ``(x_true, x_pred[, mask])``.
+        :func:`reconstruction_metrics` dict or ``(x_true, x_pred[, mask])``. A callable may instead return
+        a dict ``{"reference", "query"[, "reconstruction"][, "predictions"]}``, where ``predictions`` are
+        a classifier's own labels for the query cells (scored as ``classifier_macro_f1``).
     labels
         One cell-type label per cell of the data set.
     split
@@ -318,20 +326,27 @@ def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: 
 
     Returns
     -------
-    Columns ``method, seed, knn_macro_f1, knn_micro_f1, linear_macro_f1`` (+ ``recon_mse``,
-    ``recon_explained_variance`` where a source gives a reconstruction), ``n_reference, n_query, split``.
+    Columns ``method, seed, knn_macro_f1, knn_micro_f1, linear_macro_f1`` (+ ``classifier_macro_f1``
+    where a source gives predictions, ``recon_mse``, ``recon_explained_variance`` where it gives a
+    reconstruction; NaN for the other methods), ``n_reference, n_query, split``.
     """
     labels = np.asarray(labels).astype(str)
     rows = []
     for seed in seeds:
         reference, query, note = _resolve_split(split, seed)
         for method, source in embeddings.items():
-            ref_emb, query_emb, recon = _method_output(source, seed, reference, query)
+            ref_emb, query_emb, recon, predictions = _method_output(source, seed, reference, query)
             knn = knn_zero_shot(ref_emb, labels[reference], query_emb, labels[query], k=k, metric=metric)
             row = {"method": method, "seed": seed, "knn_macro_f1": knn["macro_f1"], "knn_micro_f1": knn["micro_f1"]}
             if linear:
                 row["linear_macro_f1"] = linear_probe(ref_emb, labels[reference], query_emb, labels[query],
                                                       seed=seed)["macro_f1"]
+            if predictions is not None:
+                predictions = np.asarray(predictions).astype(str)
+                if len(predictions) != len(query):
+                    raise InputError(f"Method '{method}' predicted {len(predictions)} labels for {len(query)} "
+                                     "query cells.")
+                row["classifier_macro_f1"] = _f1_table(labels[query], predictions)[0]["macro_f1"]
             if recon is not None:
                 scores = recon if isinstance(recon, dict) else reconstruction_metrics(*recon)
                 row["recon_mse"], row["recon_explained_variance"] = scores["mse"], scores["explained_variance"]
@@ -354,20 +369,24 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     for column in scores:
         mean, sd = grouped[column].mean(), grouped[column].std(ddof=1).fillna(0.0)
         out[f"{column}_mean"], out[f"{column}_sd"] = mean, sd
-        out[column] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
+        out[column] = ["" if np.isnan(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
     return out.reset_index()
 
 
 # -- a whole bundle ---------------------------------------------------------------------------------------
 def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca",), seeds=(0, 1, 2), k: int = 15,
                     metric: str = "l2", query_fraction: float = 0.3, max_cells: int | None = 50_000,
-                    n_components: int = 64, linear: bool = True) -> pd.DataFrame:
-    """Evaluate a bundle's embeddings beside the HVG and reference-fitted PCA baselines, on held-out donors.
+                    n_components: int = 64, linear: bool = True, supervised: bool = True, epochs: int = 20,
+                    finetune: dict | None = None) -> pd.DataFrame:
+    """Evaluate a bundle's embeddings beside the HVG, reference-fitted PCA and supervised baselines.
 
     Each seed holds out a different set of donors (:func:`donor_split`); without donors it falls back to
     a stratified cell split and the ``split`` column says so. ``pca_reference`` is a PCA fitted on the
     reference cells only (no leakage); the bundle's own ``X_pca`` was fitted on all cells (unsupervised,
-    but it has seen the query donors). Atlases larger than ``max_cells`` are evaluated on a reproducible
+    but it has seen the query donors). ``supervised`` is the same encoder architecture trained from
+    scratch on the reference cells' HVG expression and cell types (:func:`engine.finetune.train_classifier`);
+    its encoder embedding goes through the same kNN and probe, and ``classifier_macro_f1`` scores its own
+    predictions on the query donors. Atlases larger than ``max_cells`` are evaluated on a reproducible
     sample of cells.
 
     Parameters
@@ -379,6 +398,15 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
     metric
         kNN metric, ``"l2"`` or ``"cosine"``. Under ``"l2"`` the standardised HVG space is dominated by
         rare genes (clipped z-scores of 10) and scores poorly; ``"cosine"`` is the fairer comparison there.
+    supervised, epochs
+        Add the ``supervised`` baseline, trained for ``epochs`` per seed (also used for fine-tuning).
+    finetune
+        ``{method: checkpoint directory}`` (e.g. ``{"X_mae": run / "model"}``): the checkpoint's encoder is
+        fine-tuned with a classifier head on the reference cells (all layers) and its query macro F1 is
+        that method's ``classifier_macro_f1``. A method that is also in ``embeddings`` keeps its frozen
+        bundle embedding for kNN and the probe; otherwise the checkpoint's frozen encoder embeds the cells.
+        Model genes are aligned to the atlas by ID/symbol (missing genes read 0); a checkpoint that cannot
+        be loaded or aligned is skipped with a note.
 
     Returns
     -------
@@ -431,11 +459,47 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
         return emb[: len(ref)], emb[len(ref):]
 
     sources["hvg"] = hvg_source
-    table = evaluate_embeddings(sources, labels.astype(str).to_numpy()[cells], split, seeds, k=k, metric=metric,
-                                linear=linear)
+    cell_labels = labels.astype(str).to_numpy()[cells]
+    if supervised or finetune:
+        from engine.finetune import classifier_source
+    if supervised:
+        sources["supervised"] = classifier_source(expression, cell_labels, epochs=epochs)
+    for name, path in (finetune or {}).items():
+        source = _finetune_source(atlas, cells, cell_labels, name, path, sources.get(name), epochs, notes)
+        if source is not None:
+            sources[name] = source
+    table = evaluate_embeddings(sources, cell_labels, split, seeds, k=k, metric=metric, linear=linear)
     table.attrs["notes"] = notes
     table.attrs["metric"] = metric
     return table
+
+
+def _finetune_source(atlas, cells, cell_labels, name, path, embedding, epochs, notes):
+    """A fine-tuning source for checkpoint ``path`` (``None`` with a note when it cannot be used)."""
+    import torch
+
+    from engine.errors import BundleError
+    from engine.finetune import classifier_source
+    from engine.models.serialize import align_block, align_genes, load_model
+
+    try:
+        model, genes = load_model(path)
+        positions, overlap = align_genes(genes, atlas.var)
+    except (InputError, BundleError, OSError) as exc:
+        notes.append(f"{name}: not fine-tuned ({exc})")
+        return None
+    present = np.unique(positions[positions >= 0])
+    block = atlas.expression(cells, present, layer="lognorm")
+    x, missing = align_block(block, np.where(positions >= 0, np.searchsorted(present, positions), -1))
+    x = x.numpy()
+    if overlap < 1.0:
+        notes.append(f"{name}: {int(missing.sum()):,} of the checkpoint's {len(genes):,} genes are missing from "
+                     "this atlas and read 0 when fine-tuning")
+    if embedding is None:  # no bundle embedding of that name: the checkpoint's frozen encoder embeds the cells
+        with torch.no_grad():
+            embedding = np.concatenate([model.embed(torch.from_numpy(x[i:i + 4096]), missing).numpy()
+                                        for i in range(0, len(x), 4096)])
+    return classifier_source(x, cell_labels, encoder=model.encoder, embedding=embedding, epochs=epochs)
 
 
 def save_evaluation(path, results: pd.DataFrame) -> None:

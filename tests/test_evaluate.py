@@ -180,13 +180,13 @@ def _atlas(path):
 
 
 def test_evaluate_bundle_on_generated_atlas(small_bundle):
-    table = evaluate_bundle(small_bundle, seeds=(0, 1), linear=False)
+    table = evaluate_bundle(small_bundle, seeds=(0, 1), linear=False, supervised=False)
     assert set(table.method) == {"X_pca", "pca_reference", "hvg"} and len(table) == 6
     assert table.split.str.startswith("donor split").all()
     assert (table.knn_macro_f1 > 0.5).all()
     atlas = _atlas(small_bundle)
     atlas.manifest["roles"]["donor"] = None
-    fallback = evaluate_bundle(atlas, seeds=(0,), linear=False)
+    fallback = evaluate_bundle(atlas, seeds=(0,), linear=False, supervised=False)
     assert fallback.split.str.startswith("cell split").all()
     assert any("no donor column" in note for note in fallback.attrs["notes"])
 
@@ -203,7 +203,7 @@ def test_evaluate_bundle_refuses_clusters_and_missing_labels(small_bundle):
 
 
 def test_evaluate_bundle_on_kang(kang_bundle):
-    table = evaluate_bundle(kang_bundle, seeds=(0,))
+    table = evaluate_bundle(kang_bundle, seeds=(0,), supervised=False)
     assert set(table.method) == {"X_pca", "pca_reference", "hvg"}
     assert table.split.str.startswith("cell split").all()  # this file has no donor column
     assert (table.set_index("method").loc[["X_pca", "pca_reference"], "knn_macro_f1"] > 0.6).all()
