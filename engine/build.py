@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from engine.atlas import FORMAT, FORMAT_VERSION, gene_hash, provenance
 from engine.errors import InputError
 from engine.fileio import atomic_dir, write_json, write_npy
+from engine.data.normalise import iter_row_blocks
 from engine.progress import Progress, report, scaled
 
 BLOCK = 20_000
@@ -44,11 +45,6 @@ class BuildOptions:
     seed: int = 0
 
 
-def _blocks(matrix: sp.csr_matrix, size: int = BLOCK):
-    for start in range(0, matrix.shape[0], size):
-        yield start, matrix[start:start + size]
-
-
 def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
     """Find raw counts (or log-normalised values) and return ``(lognorm, counts, notes)``."""
     from engine.data.normalise import check_counts, choose_counts, choose_lognorm, normalise_log1p
@@ -56,7 +52,7 @@ def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
     counts, counts_source = choose_counts(adata)
     if counts is not None:
         check_counts(counts)
-        lognorm = sp.vstack([normalise_log1p(b) for _, b in _blocks(counts)], format="csr")
+        lognorm = sp.vstack([normalise_log1p(b) for _, b in iter_row_blocks(counts, BLOCK)], format="csr")
         notes = {"counts": counts_source, "lognorm": "log1p(counts / total * 1e4)"}
     else:
         lognorm, lognorm_source = choose_lognorm(adata)
@@ -123,7 +119,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     lognorm, counts, matrix_notes = prepare_matrices(adata)
     genes = gene_table(adata.var, read_gene_map(options.gene_map) if options.gene_map else None)
     stats = GeneStats()
-    for _, block in _blocks(lognorm):
+    for _, block in iter_row_blocks(lognorm, BLOCK):
         stats.update(block)
     hvg = select_hvg(stats, n_top=options.n_hvg)
     genes["highly_variable"] = hvg
@@ -140,7 +136,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     sample = np.sort(rng.choice(n, min(n, options.pca_sample), replace=False))
     model = fit_pca(lognorm[sample][:, hvg_idx], list(genes.index[hvg_idx]), n_components=options.n_pcs,
                     seed=options.seed)
-    embedding = np.vstack([model.transform(b[:, hvg_idx]) for _, b in _blocks(lognorm)])
+    embedding = np.vstack([model.transform(b[:, hvg_idx]) for _, b in iter_row_blocks(lognorm, BLOCK)])
 
     report(progress, 0.3, "building FAISS index")
     index, index_info = build_index(embedding, seed=options.seed)
@@ -168,8 +164,8 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
         report(progress, 0.75, "writing the expression store")
         write_store(tmp / "store", obs, genes, lognorm, counts)
         report(progress, 0.85, "summarising groups")
-        summaries = compute_summaries(obs, _blocks(lognorm), lognorm.shape[1],
-                                      _blocks(sp.csr_matrix(counts)) if counts is not None else None)
+        summaries = compute_summaries(obs, iter_row_blocks(lognorm, BLOCK), lognorm.shape[1],
+                                      iter_row_blocks(counts, BLOCK) if counts is not None else None)
         summaries.save(tmp / "summaries")
         obs.to_parquet(tmp / "cells.parquet")
         genes.to_parquet(tmp / "genes.parquet")

@@ -189,7 +189,7 @@ def resolve_genes(atlas, genes: str | Sequence | np.ndarray) -> np.ndarray:
     genes = list(genes)
     if genes and all(isinstance(g, (int, np.integer)) for g in genes):
         return np.asarray(genes, dtype=np.int64)
-    return np.asarray([atlas.genes.resolve(str(g)) for g in genes], dtype=np.int64)
+    return np.asarray(atlas.genes.resolve_many([str(g) for g in genes]), dtype=np.int64)
 
 
 def _model_config(method: str, atlas, genes: np.ndarray, train_cells: np.ndarray, seed: int,
