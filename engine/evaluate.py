@@ -4,10 +4,12 @@
 * :func:`donor_split` -- reference / query cells by whole donors (query donors never in the reference).
 * :func:`knn_zero_shot` -- zero-shot cell-type prediction by kNN from reference to query (macro/micro F1).
 * :func:`linear_probe` -- logistic regression on frozen embeddings (the cheap transfer metric).
-* :func:`reconstruction_metrics` -- MSE and variance-weighted explained variance, optionally masked entries.
+* :func:`label_subset` -- the reference cells whose labels may be used (a low-label regime).
+* :func:`reconstruction_metrics` -- MSE and variance-weighted explained variance (:mod:`engine.reconstruction`).
 * :func:`evaluate_embeddings` / :func:`summarise` -- methods x seeds table, mean +- sd per method.
 * :func:`evaluate_bundle` -- a bundle's embeddings beside the PCA, HVG and supervised baselines, with
-  fine-tuned classification (``engine.baselines``, ``engine.finetune``).
+  fine-tuned classification (``engine.baselines``, ``engine.finetune``) and the reconstruction of hidden
+  genes of held-out cells beside gene-mean and kNN imputation (``engine.reconstruction``).
 
 All but the last are pure functions of arrays, so they score any embedding.
 """
@@ -16,10 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from engine.errors import InputError
 from engine.index import search
+from engine.reconstruction import BASELINES, reconstruction_metrics
+
+__all__ = ["knn_label_agreement", "donor_split", "label_subset", "knn_zero_shot", "linear_probe",
+           "reconstruction_metrics", "evaluate_embeddings", "summarise", "evaluate_bundle", "save_evaluation",
+           "load_evaluation"]
 
 
 def knn_label_agreement(index, embedding: np.ndarray, labels: pd.Series | np.ndarray, *, k: int = 15,
@@ -116,7 +122,37 @@ def donor_split(obs: pd.DataFrame, donor_key: str | None = "donor_id", query_fra
     return np.flatnonzero(~is_query), np.flatnonzero(is_query), note
 
 
-# -- zero-shot kNN, linear probe, reconstruction --------------------------------------------------------
+def label_subset(labels, reference, fraction: float = 1.0, seed: int = 0) -> np.ndarray:
+    """The reference cells whose labels may be used: a seeded ``fraction`` of each label (at least one each).
+
+    Parameters
+    ----------
+    labels
+        One label per cell of the data set.
+    reference
+        Row positions of the reference cells (query cells are never labelled, whatever the fraction).
+    fraction
+        Share of the reference cells, per label, that keep their label; ``1`` keeps all.
+    seed
+        The same seed, labels and reference give the same subset (kNN, probe and classifiers agree).
+
+    Returns
+    -------
+    Sorted row positions, a subset of ``reference``.
+    """
+    if not 0 < fraction <= 1:
+        raise InputError(f"label_fraction must be in (0, 1] (got {fraction}).")
+    reference = np.sort(np.asarray(reference))
+    if fraction == 1:
+        return reference
+    labels = np.asarray(labels).astype(str)[reference]
+    rng = np.random.default_rng([seed, 7919])
+    keep = [rng.choice(group, max(1, int(round(fraction * len(group)))), replace=False)
+            for group in (reference[labels == value] for value in np.unique(labels))]
+    return np.sort(np.concatenate(keep))
+
+
+# -- zero-shot kNN, linear probe --------------------------------------------------------
 def _as_f32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
 
@@ -217,56 +253,10 @@ def linear_probe(train_emb, train_labels, test_emb, test_labels, seed: int = 0, 
     return {**scores, "per_class": table, "predictions": predictions}
 
 
-def reconstruction_metrics(x_true, x_pred, mask=None) -> dict[str, float]:
-    """Mean squared error and variance-weighted explained variance of a reconstruction.
-
-    Parameters
-    ----------
-    x_true, x_pred
-        ``(n_cells, n_genes)`` (dense or sparse) observed and reconstructed values.
-    mask
-        Optional boolean ``(n_cells, n_genes)``: score only the ``True`` (masked) entries. The explained
-        variance is then computed per gene over the masked entries of that gene, weighted by variance
-        (genes with fewer than two masked entries are skipped).
-
-    Returns
-    -------
-    ``{"mse", "explained_variance", "n_entries"}``
-    """
-    from sklearn.metrics import explained_variance_score
-
-    true = (x_true.toarray() if sp.issparse(x_true) else np.asarray(x_true)).astype(np.float64)
-    pred = (x_pred.toarray() if sp.issparse(x_pred) else np.asarray(x_pred)).astype(np.float64)
-    if true.shape != pred.shape:
-        raise InputError(f"x_true {true.shape} and x_pred {pred.shape} must have the same shape.")
-    if mask is None:
-        return {"mse": float(np.mean((true - pred) ** 2)),
-                "explained_variance": float(explained_variance_score(true, pred, multioutput="variance_weighted")),
-                "n_entries": int(true.size)}
-    mask = (mask.toarray() if sp.issparse(mask) else np.asarray(mask)).astype(bool)
-    if mask.shape != true.shape:
-        raise InputError(f"mask {mask.shape} must have the shape of x_true {true.shape}.")
-    if not mask.any():
-        raise InputError("The mask selects no entries to score.")
-    # per-gene explained variance over masked entries, weighted by the masked entries' variance
-    n = mask.sum(axis=0)
-    keep = n >= 2
-    m = np.where(mask, 1.0, 0.0)
-    residual = np.where(mask, true - pred, 0.0)
-
-    def _var(values):
-        mean = (values * m).sum(axis=0)[keep] / n[keep]
-        return ((values[:, keep] - mean) ** 2 * m[:, keep]).sum(axis=0) / n[keep]
-
-    var_true, var_res = _var(np.where(mask, true, 0.0)), _var(residual)
-    total = var_true.sum()
-    ev = float(1 - var_res.sum() / total) if total > 0 else float("nan")
-    return {"mse": float(np.mean((true - pred)[mask] ** 2)), "explained_variance": ev, "n_entries": int(mask.sum())}
-
-
 # -- methods x seeds --------------------------------------------------------------------------------------
 SCORE_COLUMNS = ["knn_macro_f1", "knn_micro_f1", "linear_macro_f1", "classifier_macro_f1", "recon_mse",
-                 "recon_explained_variance"]
+                 "recon_explained_variance",
+                 *(f"recon_{name}_{score}" for name in BASELINES for score in ("mse", "explained_variance"))]
 
 
 def _resolve_split(split, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -280,14 +270,15 @@ def _resolve_split(split, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     return reference, query, note
 
 
-def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray):
-    """``(ref_emb, query_emb, reconstruction or None, predictions or None)`` from an array, pair or callable."""
+def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray) -> dict:
+    """A source's output as ``{"reference", "query"[, "reconstruction", "reconstruction_baselines",
+    "predictions"]}`` from an array, pair or callable."""
     if callable(source):
         out = source(seed, reference, query)
         if isinstance(out, dict):
             if "reference" not in out or "query" not in out:
                 raise InputError("A source's dict must hold 'reference' and 'query' embeddings.")
-            return out["reference"], out["query"], out.get("reconstruction"), out.get("predictions")
+            return out
     elif isinstance(source, (tuple, list)):
         out = source
     else:  # one embedding row per cell of the data set
@@ -295,11 +286,24 @@ def _method_output(source, seed: int, reference: np.ndarray, query: np.ndarray):
         out = (emb[reference], emb[query])
     if len(out) not in (2, 3):
         raise InputError("An embedding source must give (reference_emb, query_emb) or (..., reconstruction).")
-    return out[0], out[1], out[2] if len(out) == 3 else None, None
+    return {"reference": out[0], "query": out[1], "reconstruction": out[2] if len(out) == 3 else None}
+
+
+def _reconstruction_scores(out: dict) -> dict[str, float]:
+    """``recon_*`` columns of a source's reconstruction and its baselines (empty without one)."""
+    recon = out.get("reconstruction")
+    if recon is None:
+        return {}
+    scores = recon if isinstance(recon, dict) else reconstruction_metrics(*recon)
+    row = {"recon_mse": scores["mse"], "recon_explained_variance": scores["explained_variance"]}
+    for name, baseline in (out.get("reconstruction_baselines") or {}).items():
+        row[f"recon_{name}_mse"], row[f"recon_{name}_explained_variance"] = baseline["mse"], \
+            baseline["explained_variance"]
+    return row
 
 
 def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: int = 15, metric: str = "l2",
-                        linear: bool = True) -> pd.DataFrame:
+                        linear: bool = True, label_fraction: float = 1.0) -> pd.DataFrame:
     """Score several embedding methods over seeds on one reference/query split: a tidy table.
 
     Parameters
@@ -310,8 +314,10 @@ def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: 
         callable ``source(seed, reference_cells, query_cells) -> (reference_emb, query_emb)`` that fits on
         the reference cells only; it may return a third element, the query reconstruction as a
         :func:`reconstruction_metrics` dict or ``(x_true, x_pred[, mask])``. A callable may instead return
-        a dict ``{"reference", "query"[, "reconstruction"][, "predictions"]}``, where ``predictions`` are
-        a classifier's own labels for the query cells (scored as ``classifier_macro_f1``).
+        a dict ``{"reference", "query"[, "reconstruction"][, "reconstruction_baselines"][, "predictions"]}``,
+        where ``predictions`` are a classifier's own labels for the query cells (scored as
+        ``classifier_macro_f1``) and ``reconstruction_baselines`` maps a baseline name in
+        ``engine.reconstruction.BASELINES`` to its metrics on the same entries (``recon_<name>_*`` columns).
     labels
         One cell-type label per cell of the data set.
     split
@@ -323,34 +329,41 @@ def evaluate_embeddings(embeddings: dict, labels, split, seeds=(0, 1, 2), *, k: 
         Passed to :func:`knn_zero_shot`.
     linear
         Also fit a :func:`linear_probe`.
+    label_fraction
+        Share of the reference cells whose labels the kNN vote and the probe may use (:func:`label_subset`,
+        stratified and seeded); sources still see every reference cell (unlabelled) to fit on. A classifier
+        source must be given the same fraction (:func:`engine.finetune.classifier_source`).
 
     Returns
     -------
     Columns ``method, seed, knn_macro_f1, knn_micro_f1, linear_macro_f1`` (+ ``classifier_macro_f1``
-    where a source gives predictions, ``recon_mse``, ``recon_explained_variance`` where it gives a
-    reconstruction; NaN for the other methods), ``n_reference, n_query, split``.
+    where a source gives predictions, ``recon_*`` where it gives a reconstruction; NaN for the other
+    methods), ``n_reference, n_labelled, n_query, split``.
     """
     labels = np.asarray(labels).astype(str)
     rows = []
     for seed in seeds:
         reference, query, note = _resolve_split(split, seed)
+        labelled = label_subset(labels, reference, label_fraction, seed)
+        order = np.argsort(reference, kind="stable")
+        labelled_rows = order[np.searchsorted(reference[order], labelled)]  # rows of the reference embedding
         for method, source in embeddings.items():
-            ref_emb, query_emb, recon, predictions = _method_output(source, seed, reference, query)
-            knn = knn_zero_shot(ref_emb, labels[reference], query_emb, labels[query], k=k, metric=metric)
+            out = _method_output(source, seed, reference, query)
+            ref_emb, query_emb = np.asarray(out["reference"])[labelled_rows], out["query"]
+            knn = knn_zero_shot(ref_emb, labels[labelled], query_emb, labels[query], k=k, metric=metric)
             row = {"method": method, "seed": seed, "knn_macro_f1": knn["macro_f1"], "knn_micro_f1": knn["micro_f1"]}
             if linear:
-                row["linear_macro_f1"] = linear_probe(ref_emb, labels[reference], query_emb, labels[query],
+                row["linear_macro_f1"] = linear_probe(ref_emb, labels[labelled], query_emb, labels[query],
                                                       seed=seed)["macro_f1"]
+            predictions = out.get("predictions")
             if predictions is not None:
                 predictions = np.asarray(predictions).astype(str)
                 if len(predictions) != len(query):
                     raise InputError(f"Method '{method}' predicted {len(predictions)} labels for {len(query)} "
                                      "query cells.")
                 row["classifier_macro_f1"] = _f1_table(labels[query], predictions)[0]["macro_f1"]
-            if recon is not None:
-                scores = recon if isinstance(recon, dict) else reconstruction_metrics(*recon)
-                row["recon_mse"], row["recon_explained_variance"] = scores["mse"], scores["explained_variance"]
-            rows.append({**row, "n_reference": int(len(reference)), "n_query": int(len(query)), "split": note})
+            rows.append({**row, **_reconstruction_scores(out), "n_reference": int(len(reference)),
+                         "n_labelled": int(len(labelled)), "n_query": int(len(query)), "split": note})
     table = pd.DataFrame(rows)
     first = ["method", "seed"] + [c for c in SCORE_COLUMNS if c in table.columns]
     return table[first + [c for c in table.columns if c not in first]]
@@ -377,7 +390,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca",), seeds=(0, 1, 2), k: int = 15,
                     metric: str = "l2", query_fraction: float = 0.3, max_cells: int | None = 50_000,
                     n_components: int = 64, linear: bool = True, supervised: bool = True, epochs: int = 20,
-                    finetune: dict | None = None) -> pd.DataFrame:
+                    finetune: dict | None = None, reconstruct: dict | None = None, hidden_fraction: float = 0.5,
+                    label_fraction: float = 1.0) -> pd.DataFrame:
     """Evaluate a bundle's embeddings beside the HVG, reference-fitted PCA and supervised baselines.
 
     Each seed holds out a different set of donors (:func:`donor_split`); without donors it falls back to
@@ -406,7 +420,20 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
         that method's ``classifier_macro_f1``. A method that is also in ``embeddings`` keeps its frozen
         bundle embedding for kNN and the probe; otherwise the checkpoint's frozen encoder embeds the cells.
         Model genes are aligned to the atlas by ID/symbol (missing genes read 0); a checkpoint that cannot
-        be loaded or aligned is skipped with a note.
+        be loaded or aligned is skipped with a note. A checkpoint that can reconstruct (a masked
+        autoencoder) is also scored as under ``reconstruct``.
+    reconstruct, hidden_fraction
+        ``{method: checkpoint directory}`` of further checkpoints to score without fine-tuning (frozen
+        embedding for kNN and the probe). For every masked autoencoder among ``finetune`` and
+        ``reconstruct``, ``hidden_fraction`` of the query cells' genes (the checkpoint's genes found in the
+        atlas, log-normalised) are hidden per seed and reconstructed by the frozen model: ``recon_mse`` and
+        ``recon_explained_variance`` on the hidden entries, beside ``recon_mean_*`` (the reference cells'
+        gene means) and ``recon_knn_*`` (mean of the ``k`` reference cells nearest on the visible genes)
+        on exactly the same entries (:mod:`engine.reconstruction`).
+    label_fraction
+        Share of the reference cells (stratified by cell type, seeded) whose labels the kNN vote, the probe
+        and the classifiers may use: a low-label regime. Unsupervised fits (PCA, HVG scaling) still use
+        every reference cell.
 
     Returns
     -------
@@ -419,6 +446,7 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
     """
     from engine.atlas import Atlas
     from engine.baselines import hvg_embedding, pca_embedding
+    from engine.transfer import checkpoint_source
 
     if not isinstance(atlas, Atlas):
         atlas = Atlas(atlas)
@@ -460,46 +488,28 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
 
     sources["hvg"] = hvg_source
     cell_labels = labels.astype(str).to_numpy()[cells]
-    if supervised or finetune:
-        from engine.finetune import classifier_source
+    training = {"epochs": epochs, "label_fraction": label_fraction}
     if supervised:
-        sources["supervised"] = classifier_source(expression, cell_labels, epochs=epochs)
-    for name, path in (finetune or {}).items():
-        source = _finetune_source(atlas, cells, cell_labels, name, path, sources.get(name), epochs, notes)
+        from engine.finetune import classifier_source
+
+        sources["supervised"] = classifier_source(expression, cell_labels, **training)
+    finetune, reconstruct = dict(finetune or {}), dict(reconstruct or {})
+    for name in {**reconstruct, **finetune}:
+        if name in finetune and name in reconstruct and str(finetune[name]) != str(reconstruct[name]):
+            raise InputError(f"Method '{name}' names two checkpoints ({finetune[name]}, {reconstruct[name]}).")
+        source = checkpoint_source(atlas, cells, cell_labels, name, finetune.get(name) or reconstruct[name],
+                                    embedding=sources.get(name), finetune=name in finetune,
+                                    reconstruct={"rate": hidden_fraction, "k": k}, training=training, notes=notes)
         if source is not None:
             sources[name] = source
-    table = evaluate_embeddings(sources, cell_labels, split, seeds, k=k, metric=metric, linear=linear)
+    if label_fraction < 1:
+        notes.append(f"low-label regime: {100 * label_fraction:g}% of the reference cells per cell type keep "
+                     "their label (kNN, probe and classifiers); unsupervised fits see all reference cells")
+    table = evaluate_embeddings(sources, cell_labels, split, seeds, k=k, metric=metric, linear=linear,
+                                label_fraction=label_fraction)
     table.attrs["notes"] = notes
     table.attrs["metric"] = metric
     return table
-
-
-def _finetune_source(atlas, cells, cell_labels, name, path, embedding, epochs, notes):
-    """A fine-tuning source for checkpoint ``path`` (``None`` with a note when it cannot be used)."""
-    import torch
-
-    from engine.errors import BundleError
-    from engine.finetune import classifier_source
-    from engine.models.serialize import align_block, align_genes, load_model
-
-    try:
-        model, genes = load_model(path)
-        positions, overlap = align_genes(genes, atlas.var)
-    except (InputError, BundleError, OSError) as exc:
-        notes.append(f"{name}: not fine-tuned ({exc})")
-        return None
-    present = np.unique(positions[positions >= 0])
-    block = atlas.expression(cells, present, layer="lognorm")
-    x, missing = align_block(block, np.where(positions >= 0, np.searchsorted(present, positions), -1))
-    x = x.numpy()
-    if overlap < 1.0:
-        notes.append(f"{name}: {int(missing.sum()):,} of the checkpoint's {len(genes):,} genes are missing from "
-                     "this atlas and read 0 when fine-tuning")
-    if embedding is None:  # no bundle embedding of that name: the checkpoint's frozen encoder embeds the cells
-        with torch.no_grad():
-            embedding = np.concatenate([model.embed(torch.from_numpy(x[i:i + 4096]), missing).numpy()
-                                        for i in range(0, len(x), 4096)])
-    return classifier_source(x, cell_labels, encoder=model.encoder, embedding=embedding, epochs=epochs)
 
 
 def save_evaluation(path, results: pd.DataFrame) -> None:

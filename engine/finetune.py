@@ -136,7 +136,7 @@ def _embed(model: SupervisedClassifier, x: np.ndarray, batch_size: int = 4096) -
 
 
 def classifier_source(expression, labels, *, encoder: MLPEncoder | None = None, embedding: np.ndarray | None = None,
-                      epochs: int = 20, **train_options) -> Callable:
+                      epochs: int = 20, label_fraction: float = 1.0, **train_options) -> Callable:
     """An :func:`engine.evaluate.evaluate_embeddings` source backed by a classifier trained per seed.
 
     Parameters
@@ -150,6 +150,9 @@ def classifier_source(expression, labels, *, encoder: MLPEncoder | None = None, 
     embedding
         Fixed ``(cells, dim)`` embedding to report for kNN and the linear probe (e.g. the bundle's
         frozen ``X_mae``); ``None`` reports the trained classifier's own encoder embedding.
+    label_fraction
+        Train on the labelled reference cells only, :func:`engine.evaluate.label_subset` with the evaluation
+        seed (the same cells whose labels the kNN vote and the probe use).
     epochs, **train_options
         Passed to :func:`train_classifier` (``seed`` is the evaluation seed).
 
@@ -158,15 +161,18 @@ def classifier_source(expression, labels, *, encoder: MLPEncoder | None = None, 
     ``source(seed, reference, query) -> {"reference", "query", "predictions"}`` with the query
     predictions as labels.
     """
+    from engine.evaluate import label_subset
+
     labels = np.asarray(labels)
 
     def source(seed, reference, query):
-        classes, y_ref = np.unique(labels[reference], return_inverse=True)
-        x_ref, x_query = _dense(expression[reference]), _dense(expression[query])
+        labelled = label_subset(labels, reference, label_fraction, seed)
+        classes, y_train = np.unique(labels[labelled], return_inverse=True)
         if len(classes) < 2:
             raise InputError("The reference cells hold fewer than 2 cell types: a classifier cannot be trained.")
-        model = train_classifier(x_ref, y_ref, len(classes), encoder_state=encoder, epochs=epochs, seed=seed,
-                                 **train_options)
+        model = train_classifier(_dense(expression[labelled]), y_train, len(classes), encoder_state=encoder,
+                                 epochs=epochs, seed=seed, **train_options)
+        x_ref, x_query = _dense(expression[reference]), _dense(expression[query])
         if embedding is None:
             ref_emb, query_emb = _embed(model, x_ref), _embed(model, x_query)
         else:

@@ -94,7 +94,10 @@ def cells_figure(atlas: Atlas) -> go.Figure:
 
 
 EVAL_SCORES = {"knn_macro_f1": "zero-shot kNN macro-F1", "knn_micro_f1": "zero-shot kNN micro-F1",
-               "linear_macro_f1": "linear probe macro-F1"}
+               "linear_macro_f1": "linear probe macro-F1", "classifier_macro_f1": "classifier macro-F1"}
+RECON_SCORES = {"recon_explained_variance": "hidden genes: explained variance",
+                "recon_mean_explained_variance": "gene-mean baseline", "recon_knn_explained_variance":
+                "kNN-imputation baseline", "recon_mse": "hidden genes: MSE"}
 
 
 def evaluation_section(atlas: Atlas) -> None:
@@ -112,7 +115,8 @@ def evaluation_section(atlas: Atlas) -> None:
     fig.update_layout(barmode="group", height=320, yaxis=dict(title="score (mean ± sd over seeds)", range=[0, 1.05]),
                       margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=1.1))
     st.plotly_chart(fig, key="model_evaluation", config={"displaylogo": False})
-    table = summary[["method", "n_seeds", *scores]].rename(columns=EVAL_SCORES)
+    recon = [c for c in RECON_SCORES if f"{c}_mean" in summary]
+    table = summary[["method", "n_seeds", *scores, *recon]].rename(columns={**EVAL_SCORES, **RECON_SCORES})
     show_table(table)
     for note in notes:
         st.caption(note)
