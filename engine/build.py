@@ -43,6 +43,7 @@ class BuildOptions:
     model: str | None = None
     epochs: int = 10
     seed: int = 0
+    de: bool = False  # precompute pseudobulk DE into summaries/de/ (engine.pseudobulk; roughly doubles build time)
 
 
 def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
@@ -201,6 +202,11 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
             "provenance": provenance(str(source), command, generated),
         }
         write_json(tmp / "manifest.json", manifest)
+        if options.de and counts is not None:
+            from engine.atlas import Atlas
+            from engine.pseudobulk import precompute_de
+
+            precompute_de(Atlas(tmp), progress=scaled(progress, 0.95, 0.995))
         if options.model:
             from engine.embed import add_learned_embedding
 

@@ -1,13 +1,13 @@
-"""Healthy vs disease: cell selection, cell-type composition and differential expression.
+"""Healthy vs disease: cell selection, cell-level differential expression, and the comparison.
 
 The core functions take plain data (a pandas ``obs`` table, a scipy sparse matrix of
 log-normalised values, cells x genes, and gene labels) so they run on any AnnData;
 :func:`compare_conditions` is a thin wrapper over an :class:`~engine.atlas.Atlas`.
 
-Statistics here are the fast, exploratory kind: composition is tested with a Welch t-test on
-per-donor proportions, and differential expression is a cell-level Wilcoxon rank-sum test
-(cells are not independent replicates, so its p-values are optimistic). Donor-aware
-pseudobulk DE plugs in beside it through ``compare_conditions(..., method=...)``.
+The DE test here is the exploratory fast path: a cell-level Wilcoxon rank-sum test (cells are
+not independent replicates, so its p-values are optimistic). The donor-aware pseudobulk DESeq2
+test lives in :mod:`engine.pseudobulk` and composition in :mod:`engine.composition`;
+``compare_conditions(..., method="pseudobulk")`` uses the former.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from engine.composition import composition_shift
 from engine.errors import EmptySelectionError, InputError, MissingKeyError, suggest
-from engine.progress import Progress, report
+from engine.progress import Progress, report, scaled
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.atlas import Atlas
 
 WILCOXON_METHOD = "wilcoxon (cell-level, exploratory)"
-COMPOSITION_METHOD = "welch t-test on per-donor proportions"
+DE_METHODS = ("wilcoxon", "pseudobulk")
 REBUILD_OPTION = {"condition": "--condition-key", "cell_type": "--cell-type-key", "donor": "--donor-key"}
 ROLE_WORDS = {"condition": "condition", "cell_type": "cell-type", "donor": "donor"}
 _BLOCK_NNZ = 4_000_000  # nonzeros ranked at once in rank_genes_wilcoxon (~250 MB peak)
@@ -62,7 +63,8 @@ def _mask(series: pd.Series, value: str) -> np.ndarray:
     return series.astype(str).to_numpy() == str(value)
 
 
-def _check_value(obs: pd.DataFrame, column: str, value: str, what: str) -> None:
+def check_value(obs: pd.DataFrame, column: str, value: str, what: str) -> None:
+    """Raise :class:`InputError` (listing the values, suggesting close ones) unless ``value`` is in ``column``."""
     present = _present(obs[column])
     if str(value) not in set(present):
         listed = ", ".join(sorted(present)[:20])
@@ -99,11 +101,11 @@ def select_cells(obs: pd.DataFrame, *, condition: str | None = None, cell_type: 
     mask = np.ones(len(obs), dtype=bool)
     if condition is not None:
         column = _role_column(obs, roles, "condition")
-        _check_value(obs, column, condition, "condition")
+        check_value(obs, column, condition, "condition")
         mask &= _mask(obs[column], condition)
     if cell_type is not None:
         column = _role_column(obs, roles, "cell_type")
-        _check_value(obs, column, cell_type, "cell type")
+        check_value(obs, column, cell_type, "cell type")
         mask &= _mask(obs[column], cell_type)
     cells = np.flatnonzero(mask).astype(np.int64)
     if cells.size == 0:
@@ -117,119 +119,6 @@ def select_cells(obs: pd.DataFrame, *, condition: str | None = None, cell_type: 
             msg = "This atlas has no cells: build it from a non-empty input."
         raise EmptySelectionError(msg)
     return cells
-
-
-# ----------------------------------------------------------------------------- composition
-def _require_columns(obs: pd.DataFrame, **keys: str | None) -> None:
-    for option, key in keys.items():
-        if key is not None and key not in obs.columns:
-            raise MissingKeyError(
-                f"No obs column '{key}' for the {option.replace('_key', '').replace('_', ' ')}: "
-                f"pass one of {', '.join(map(str, obs.columns))}.{suggest(key, map(str, obs.columns))}"
-            )
-
-
-def composition(obs: pd.DataFrame, *, cell_type_key: str = "cell_type", condition_key: str = "disease",
-                donor_key: str | None = "donor_id") -> pd.DataFrame:
-    """Per-donor cell-type proportions, one row per (condition, donor, cell type).
-
-    Every cell type appears for every (condition, donor) pair that has cells, with zero counts
-    where the donor has none of it. Without a donor column (``donor_key=None``) the table is
-    per condition and ``donor`` repeats the condition.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``condition, donor, cell_type, n_cells, proportion`` (strings, int, float).
-    """
-    _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
-    keys = [obs[condition_key].rename("condition"),
-            obs[donor_key if donor_key is not None else condition_key].rename("donor"),
-            obs[cell_type_key].rename("cell_type")]
-    counts = pd.Series(np.ones(len(obs), dtype=np.int64)).groupby(
-        [k.reset_index(drop=True) for k in keys], observed=True, dropna=True).sum()
-    if counts.empty:
-        raise EmptySelectionError("No cell has both a condition and a cell type: check the obs columns.")
-    counts.index = pd.MultiIndex.from_arrays([counts.index.get_level_values(i).astype(str) for i in range(3)],
-                                             names=["condition", "donor", "cell_type"])
-    counts = counts[counts > 0]
-    table = counts.unstack("cell_type", fill_value=0)
-    table = table[sorted(table.columns)]
-    long = table.stack().rename("n_cells").reset_index()
-    totals = long.groupby(["condition", "donor"])["n_cells"].transform("sum")
-    long["n_cells"] = long["n_cells"].astype(np.int64)
-    long["proportion"] = long["n_cells"] / totals
-    return long.astype({"condition": str, "donor": str, "cell_type": str}).reset_index(drop=True)
-
-
-def composition_shift(obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str = "cell_type",
-                      condition_key: str = "disease", donor_key: str | None = "donor_id",
-                      pseudocount: float = 1e-3) -> pd.DataFrame:
-    """Change of each cell type's share between conditions ``a`` and ``b``.
-
-    The donor is the unit: proportions are computed per donor and compared with a Welch
-    t-test (two-sided, Benjamini-Hochberg over cell types). With fewer than two donors in
-    either condition, or no donor column, ``pval`` is NaN and ``note`` says why.
-
-    Parameters
-    ----------
-    obs
-        Per-cell table.
-    a, b
-        Reference condition (e.g. healthy) and the one compared with it.
-    pseudocount
-        Added to both mean proportions before ``log2_ratio = log2((mean_prop_b + pc) / (mean_prop_a + pc))``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per cell type: ``cell_type, n_cells_a, n_cells_b, prop_a, prop_b`` (pooled over
-        cells), ``mean_prop_a, mean_prop_b`` (mean over donors), ``log2_ratio, n_donors_a,
-        n_donors_b, statistic, pval, padj, note``; sorted by ``log2_ratio`` descending.
-        ``attrs["method"]`` names the test.
-    """
-    if str(a) == str(b):
-        raise InputError(f"Both conditions are '{a}': pick two different conditions.")
-    _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
-    for value in (a, b):
-        _check_value(obs, condition_key, value, "condition")
-    long = composition(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
-    a, b = str(a), str(b)
-    rows = []
-    groups = {c: long[long["condition"] == c] for c in (a, b)}
-    n_donors = {c: groups[c]["donor"].nunique() for c in (a, b)}
-    totals = {c: groups[c]["n_cells"].sum() for c in (a, b)}
-    note = ""
-    if donor_key is None:
-        note = "No donor column: proportions are pooled over cells and cannot be tested; rebuild with --donor-key."
-    elif min(n_donors.values()) < 2:
-        note = (f"Too few donors to test: {n_donors[a]} in '{a}' and {n_donors[b]} in '{b}' "
-                "(at least 2 per condition are needed).")
-    for cell_type in sorted(long["cell_type"].unique()):
-        per = {c: groups[c][groups[c]["cell_type"] == cell_type] for c in (a, b)}
-        n = {c: int(per[c]["n_cells"].sum()) for c in (a, b)}
-        mean = {c: float(per[c]["proportion"].mean()) for c in (a, b)}
-        statistic = pval = np.nan
-        row_note = note
-        if not note:
-            pa, pb = per[a]["proportion"].to_numpy(), per[b]["proportion"].to_numpy()
-            if np.ptp(np.r_[pa, pb]) == 0 or (np.var(pa) == 0 and np.var(pb) == 0):
-                row_note = "No donor-to-donor variation in this cell type's share: the test is undefined."
-            else:
-                statistic, pval = (float(v) for v in stats.ttest_ind(pb, pa, equal_var=False))
-        rows.append({
-            "cell_type": cell_type, "n_cells_a": n[a], "n_cells_b": n[b],
-            "prop_a": n[a] / totals[a], "prop_b": n[b] / totals[b],
-            "mean_prop_a": mean[a], "mean_prop_b": mean[b],
-            "log2_ratio": float(np.log2((mean[b] + pseudocount) / (mean[a] + pseudocount))),
-            "n_donors_a": int(n_donors[a]), "n_donors_b": int(n_donors[b]),
-            "statistic": statistic, "pval": pval, "note": row_note,
-        })
-    table = pd.DataFrame(rows)
-    table.insert(table.columns.get_loc("note"), "padj", _bh_with_nan(table["pval"].to_numpy()))
-    table = table.sort_values("log2_ratio", ascending=False, kind="stable").reset_index(drop=True)
-    table.attrs.update(method=COMPOSITION_METHOD, a=a, b=b)
-    return table
 
 
 # ----------------------------------------------------------------------------- differential expression
@@ -246,7 +135,8 @@ def benjamini_hochberg(pvals: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bh_with_nan(pvals: np.ndarray) -> np.ndarray:
+def bh_with_nan(pvals: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values over the finite ``pvals``; NaN stays NaN."""
     out = np.full(len(pvals), np.nan)
     ok = np.isfinite(pvals)
     out[ok] = benjamini_hochberg(pvals[ok])
@@ -450,40 +340,50 @@ def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = 
     a, b
         Reference condition (e.g. healthy) and the one compared with it.
     cell_type
-        Restrict DE to this cell type; ``None`` uses all cells.
+        Restrict DE to this cell type; ``None`` uses all cells (``"wilcoxon"`` only).
     max_cells_per_group
-        Larger groups are subsampled reproducibly (``seed``) to this many cells.
+        Larger groups are subsampled reproducibly (``seed``) to this many cells (``"wilcoxon"``).
     method
-        DE method; ``"wilcoxon"`` (cell-level, exploratory) for now.
+        ``"wilcoxon"``: cell-level rank-sum test, the exploratory fast path (seconds on any
+        size, optimistic p-values). ``"pseudobulk"``: donor-level DESeq2 per cell type (needs
+        raw counts and two donors per condition), read from the bundle's cache when
+        ``vcell de`` precomputed it, else computed from the summaries (a few seconds); see
+        :func:`engine.pseudobulk.pseudobulk_de` for its table.
     """
-    if method != "wilcoxon":
-        raise InputError(f"Unknown DE method '{method}': use 'wilcoxon'.")
+    if method not in DE_METHODS:
+        raise InputError(f"Unknown DE method '{method}': use one of {', '.join(DE_METHODS)}."
+                         f"{suggest(method, DE_METHODS)}")
     obs, roles = atlas.obs, atlas.roles
     _role_column(obs, roles, "condition")
     if str(a) == str(b):
         raise InputError(f"Both conditions are '{a}': pick two different conditions.")
+    if method == "pseudobulk" and cell_type is None:
+        raise InputError("Pseudobulk DE compares donors within one cell type: pick a cell type.")
     report(progress, 0.0, "Selecting cells")
     cells_a = select_cells(obs, condition=a, cell_type=cell_type, roles=roles)
     cells_b = select_cells(obs, condition=b, cell_type=cell_type, roles=roles)
+    composition_table = None
+    if roles.get("cell_type") is not None and roles["cell_type"] in obs.columns:
+        donor_key = roles.get("donor") if roles.get("donor") in obs.columns else None
+        composition_table = composition_shift(obs, a, b, cell_type_key=roles["cell_type"],
+                                              condition_key=roles["condition"], donor_key=donor_key)
+    if method == "pseudobulk":
+        from engine.pseudobulk import contrast_de
+
+        de = contrast_de(atlas, a, b, cell_type, progress=scaled(progress, 0.1, 1.0))
+        return CompareResult(a=str(a), b=str(b), cell_type=cell_type, composition=composition_table, de=de,
+                             n_cells_a=int(cells_a.size), n_cells_b=int(cells_b.size), subsampled=False,
+                             method=de.attrs["method"], warnings=list(de.attrs.get("notes", [])))
     sub_a = subsample(cells_a, max_cells_per_group, seed, 0)
     sub_b = subsample(cells_b, max_cells_per_group, seed, 1)
     subsampled = sub_a.size < cells_a.size or sub_b.size < cells_b.size
     warnings = []
     if subsampled:
         warnings.append(f"Subsampled to {max_cells_per_group:,} cells per condition for the DE test (seed {seed}).")
-    composition_table = None
-    if roles.get("cell_type") is not None and roles["cell_type"] in obs.columns:
-        donor_key = roles.get("donor") if roles.get("donor") in obs.columns else None
-        composition_table = composition_shift(obs, a, b, cell_type_key=roles["cell_type"],
-                                              condition_key=roles["condition"], donor_key=donor_key)
     report(progress, 0.1, "Reading expression")
     X_a = atlas.expression(sub_a)
     X_b = atlas.expression(sub_b)
-
-    def sub_progress(fraction: float, message: str) -> None:
-        report(progress, 0.2 + 0.8 * fraction, message)
-
-    de = rank_genes_wilcoxon(X_a, X_b, atlas.genes.labels, progress=sub_progress)
+    de = rank_genes_wilcoxon(X_a, X_b, atlas.genes.labels, progress=scaled(progress, 0.2, 1.0))
     return CompareResult(a=str(a), b=str(b), cell_type=cell_type, composition=composition_table, de=de,
                          n_cells_a=int(sub_a.size), n_cells_b=int(sub_b.size), subsampled=subsampled,
                          method=WILCOXON_METHOD, warnings=warnings)

@@ -16,8 +16,10 @@ from math import comb
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from engine.compare import _bh_with_nan, _check_value, _require_columns
+from engine.compare import bh_with_nan, check_value
+from engine.composition import require_columns
 from engine.errors import EmptySelectionError, InputError
 
 METHOD = ("distance between mean donor centroids in the embedding; null from permuting conditions "
@@ -28,8 +30,9 @@ def donor_centroids(embedding: np.ndarray, donor_codes: np.ndarray, n_donors: in
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Mean embedding per donor and cell counts; donors with fewer than ``min_cells`` get NaN rows."""
     counts = np.bincount(donor_codes, minlength=n_donors)
-    sums = np.zeros((n_donors, embedding.shape[1]))
-    np.add.at(sums, donor_codes, embedding)
+    indicator = sp.csr_matrix((np.ones(len(donor_codes)), (donor_codes, np.arange(len(donor_codes)))),
+                              shape=(n_donors, len(donor_codes)))
+    sums = np.asarray(indicator @ embedding)
     with np.errstate(invalid="ignore", divide="ignore"):
         centroids = sums / counts[:, None]
     centroids[counts < min_cells] = np.nan
@@ -100,9 +103,9 @@ def embedding_shift(embedding: np.ndarray, obs: pd.DataFrame, a: str, b: str, *,
     """
     if str(a) == str(b):
         raise InputError(f"Both conditions are '{a}': pick two different conditions.")
-    _require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
+    require_columns(obs, cell_type_key=cell_type_key, condition_key=condition_key, donor_key=donor_key)
     for value in (a, b):
-        _check_value(obs, condition_key, value, "condition")
+        check_value(obs, condition_key, value, "condition")
     embedding = np.asarray(embedding)
     if embedding.ndim != 2 or len(embedding) != len(obs):
         raise InputError(f"The embedding has {len(embedding):,} rows but there are {len(obs):,} cells.")
@@ -160,7 +163,7 @@ def embedding_shift(embedding: np.ndarray, obs: pd.DataFrame, a: str, b: str, *,
     table = pd.DataFrame(rows)
     if table["shift"].isna().all():
         raise EmptySelectionError(f"No cell type has donors with at least {min_cells} cells in both '{a}' and '{b}'.")
-    table.insert(table.columns.get_loc("exact"), "padj", _bh_with_nan(table["pval"].to_numpy()))
+    table.insert(table.columns.get_loc("exact"), "padj", bh_with_nan(table["pval"].to_numpy()))
     table = table.sort_values(["relative_shift", "shift"], ascending=False, na_position="last", kind="stable")
     table.attrs.update(method=METHOD, a=str(a), b=str(b))
     return table.reset_index(drop=True)

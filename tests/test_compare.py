@@ -11,15 +11,8 @@ import scipy.sparse as sp
 from scipy import stats
 
 import engine.compare as compare
-from engine.compare import (
-    benjamini_hochberg,
-    composition,
-    composition_shift,
-    rank_genes_wilcoxon,
-    select_cells,
-    subsample,
-    volcano_frame,
-)
+from engine.compare import benjamini_hochberg, rank_genes_wilcoxon, select_cells, subsample, volcano_frame
+from engine.composition import composition, composition_shift
 from engine.errors import EmptySelectionError, InputError, MissingKeyError
 from vcell_testing import make_counts_adata, shared_file
 
@@ -280,3 +273,21 @@ def test_kang_donors_composition():
     assert len(table) == 5 and (table["n_donors_a"] == 2).all() and (table["n_donors_b"] == 2).all()
     assert table["pval"].between(0, 1).all() and (table["note"] == "").all()
     assert table["n_cells_a"].sum() == 750 and table["n_cells_b"].sum() == 806
+
+
+# ----------------------------------------------------------------------------- atlas wrapper
+def test_compare_conditions_methods(small_bundle):
+    from engine.atlas import read_atlas
+    from engine.pseudobulk import PSEUDOBULK_METHOD
+
+    atlas = read_atlas(small_bundle)
+    with pytest.raises(InputError, match="Unknown DE method 'deseq': use one of wilcoxon, pseudobulk"):
+        compare.compare_conditions(atlas, "normal", "disease A", method="deseq")
+    with pytest.raises(InputError, match="within one cell type: pick a cell type"):
+        compare.compare_conditions(atlas, "normal", "disease A", method="pseudobulk")
+    result = compare.compare_conditions(atlas, "normal", "disease A", cell_type="CD14+ Monocyte", method="pseudobulk")
+    assert result.method == PSEUDOBULK_METHOD and not result.subsampled and result.composition is not None
+    assert {"log2fc", "padj", "pct_a", "pct_b"} <= set(result.de.columns)
+    assert any(note.startswith("Tested ") for note in result.warnings)
+    wilcoxon = compare.compare_conditions(atlas, "normal", "disease A", cell_type="CD14+ Monocyte")
+    assert wilcoxon.method == compare.WILCOXON_METHOD
