@@ -250,3 +250,55 @@ def show_breakdown(atlas: Atlas, summary: SelectionSummary, key: str) -> None:
             fig = breakdown_chart(frame, f"{ROLE_LABELS[role]}: top {shown} of {len(frame)}",
                                   category_colours(atlas, columns[role]))
             st.plotly_chart(fig, key=f"{key}_{role}", config={"displaylogo": False})
+
+
+def split_map_figure(atlas: Atlas, colouring: Colouring, groups: Sequence[tuple[str, np.ndarray]],
+                     height: int = 460) -> go.Figure:
+    """Side-by-side maps, one panel per group of cells (e.g. the two conditions), on shared axes.
+
+    Each panel draws the whole map in light grey for context and the group's cells (within the
+    map's sample) coloured by ``colouring``; gene colour scales share one range across panels so
+    the panels can be compared.
+    """
+    from plotly.subplots import make_subplots
+
+    drawn = map_cells(atlas)
+    xy = atlas.layout
+    fig = make_subplots(rows=1, cols=len(groups), shared_xaxes=True, shared_yaxes=True,
+                        subplot_titles=[f"{name} ({len(cells):,} cells)" for name, cells in groups],
+                        horizontal_spacing=0.02)
+    size = _marker_size(len(drawn))
+    values = colouring.values
+    low, high = (None, None) if colouring.categorical else (float(np.nanmin(values)), float(np.nanmax(values)))
+    for col, (_, cells) in enumerate(groups, start=1):
+        fig.add_trace(go.Scattergl(x=xy[drawn, 0], y=xy[drawn, 1], mode="markers", hoverinfo="skip",
+                                   marker=dict(size=size, color="#eeeeee"), showlegend=False), row=1, col=col)
+        members = np.intersect1d(np.asarray(cells, dtype=np.int64), drawn)
+        if colouring.categorical:
+            shown = values[members]
+            for category, colour in colouring.colours.items():
+                part = members[shown == category]
+                if len(part) == 0:
+                    continue
+                data, template = _hover(atlas, part)
+                fig.add_trace(go.Scattergl(x=xy[part, 0], y=xy[part, 1], mode="markers", name=category,
+                                           legendgroup=category, showlegend=col == 1, customdata=data,
+                                           hovertemplate=template, marker=dict(size=size, color=colour)),
+                              row=1, col=col)
+        else:
+            order = members[np.argsort(values[members], kind="stable")]
+            data, template = _hover(atlas, order, values[order], colouring.label)
+            fig.add_trace(go.Scattergl(
+                x=xy[order, 0], y=xy[order, 1], mode="markers", showlegend=False, customdata=data,
+                hovertemplate=template,
+                marker=dict(size=size, color=values[order], colorscale=colouring.scale, cmin=low, cmax=high,
+                            showscale=col == len(groups),
+                            colorbar=dict(title=dict(text=colouring.label, side="right"), thickness=12))),
+                row=1, col=col)
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False, title=None, showline=False)
+    fig.update_xaxes(**axis)
+    fig.update_yaxes(**axis, scaleanchor="x", scaleratio=1)
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=0), plot_bgcolor="white", dragmode="pan",
+                      legend=dict(itemsizing="constant", bgcolor="rgba(255,255,255,0.7)"),
+                      hoverlabel=dict(bgcolor="white"))
+    return fig

@@ -34,6 +34,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", help="learned embedding: mae, gp-mae, byol, barlow, or a model checkpoint directory")
     m.add_argument("--epochs", type=int, default=10, help="pretraining epochs with --model METHOD")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--de", action="store_true",
+                   help="also precompute pseudobulk DE of every cell type (as `vcell de`; about doubles build time)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--model", required=True, help="model checkpoint directory (e.g. RUN/model from vcell pretrain)")
 
+    p = sub.add_parser("de", help="precompute pseudobulk DE (DESeq2 over donors) per cell type into a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--cell-type", action="append", default=None, help="only this cell type (repeatable)")
+    p.add_argument("--condition", action="append", default=None,
+                   help="only this condition against the reference (repeatable)")
+    p.add_argument("--reference", help="the reference condition (default: the bundle's, else the first in A-Z order)")
+
+    p = sub.add_parser("annotate", help="transfer cell types from a labelled reference (kNN in reference PCA)")
+    p.add_argument("bundle", help="the bundle to annotate (replaced in place unless --out is given)")
+    p.add_argument("--reference", required=True, help="a labelled bundle or .h5ad with a cell-type column")
+    p.add_argument("--out", help="write the annotated bundle here instead of replacing BUNDLE")
+    p.add_argument("-k", type=int, default=15, help="reference neighbours that vote")
+    p.add_argument("--threshold", type=float, default=0.5, help="vote share below which a cell is 'unknown'")
+    p.add_argument("--reference-cell-type-key", help="the reference's cell-type column (guessed when not given)")
+    p.add_argument("--gene-map", help="TSV/CSV of Ensembl ID and gene symbol, when the two name genes differently")
+
     p = sub.add_parser("validate", help="check a bundle's parts against its manifest")
     p.add_argument("bundle")
 
@@ -95,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     p.add_argument("--finetune", action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="fine-tune this checkpoint's encoder as method NAME (repeatable)")
+    p.add_argument("--reconstruct", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="score this masked autoencoder's reconstruction of hidden genes of held-out cells as method "
+                        "NAME, frozen (repeatable; --finetune checkpoints that can reconstruct are scored too)")
+    p.add_argument("--hidden-fraction", type=float, default=0.5, help="share of genes hidden per cell to reconstruct")
+    p.add_argument("--label-fraction", type=float, default=1.0,
+                   help="share of reference cells (per cell type) whose labels may be used: a low-label regime")
 
     p = sub.add_parser("serve", help="open the dashboard on a bundle")
     p.add_argument("bundle")
@@ -116,7 +140,8 @@ def _options(args: argparse.Namespace):
     return BuildOptions(cell_type_key=args.cell_type_key, condition_key=args.condition_key,
                         donor_key=args.donor_key, batch_key=args.batch_key,
                         reference_condition=args.reference_condition, gene_map=args.gene_map,
-                        n_hvg=args.n_hvg, n_pcs=args.n_pcs, model=args.model, epochs=args.epochs, seed=args.seed)
+                        n_hvg=args.n_hvg, n_pcs=args.n_pcs, model=args.model, epochs=args.epochs, seed=args.seed,
+                        de=args.de)
 
 
 def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -> int:
@@ -207,6 +232,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
             name = add_embedding(args.bundle, args.model, progress=progress)
         print(f"{name} added to {args.bundle}; compare it with: vcell evaluate {args.bundle}")
         return 0
+    if args.command == "de":
+        return _de(args)
+    if args.command == "annotate":
+        return _annotate(args, command)
     if args.command == "validate":
         from engine.atlas import validate_atlas
 
@@ -232,17 +261,60 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     atlas = read_atlas(args.bundle)
     names = args.embeddings.split(",") if args.embeddings else atlas.manifest["embedding"]["available"]
-    if any("=" not in item for item in args.finetune):
-        raise InputError("--finetune takes NAME=CHECKPOINT, e.g. --finetune X_mae=run/model.")
-    finetune = dict(item.split("=", 1) for item in args.finetune)
+    checkpoints = {}
+    for option in ("finetune", "reconstruct"):
+        items = getattr(args, option)
+        if any("=" not in item for item in items):
+            raise InputError(f"--{option} takes NAME=CHECKPOINT, e.g. --{option} X_mae=run/model.")
+        checkpoints[option] = dict(item.split("=", 1) for item in items) or None
     results = evaluate_bundle(atlas, embeddings=names, seeds=tuple(range(args.seeds)), k=args.k, metric=args.metric,
-                              supervised=not args.no_supervised, epochs=args.epochs, finetune=finetune or None)
+                              supervised=not args.no_supervised, epochs=args.epochs, **checkpoints,
+                              hidden_fraction=args.hidden_fraction, label_fraction=args.label_fraction)
     save_evaluation(atlas.path / "evaluation", results)
     for note in results.attrs.get("notes", []):
         print(f"note: {note}")
     summary = summarise(results)
     print(summary[[c for c in summary.columns if not c.endswith(("_mean", "_sd"))]].to_string(index=False))
     print(f"written to {atlas.path / 'evaluation'}; the dashboard's Model page shows it")
+    return 0
+
+
+def _de(args: argparse.Namespace) -> int:
+    """Precompute pseudobulk DE into BUNDLE/summaries/de/ and print one line per contrast."""
+    from engine.atlas import read_atlas
+    from engine.progress import TqdmProgress
+    from engine.pseudobulk import precompute_de
+
+    atlas = read_atlas(args.bundle)
+    with TqdmProgress("de") as progress:
+        table = precompute_de(atlas, cell_types=args.cell_type, conditions=args.condition, reference=args.reference,
+                              progress=progress)
+    for row in table.itertuples():
+        result = f"skipped: {row.skipped}" if row.skipped else \
+            f"{row.n_up} up, {row.n_down} down of {row.n_genes_tested:,} genes (padj < 0.05)"
+        print(f"{row.cell_type}: {row.b} vs {row.a}: {result}")
+    done = int((table["skipped"] == "").sum())
+    print(f"pseudobulk DE of {done} of {len(table)} contrast(s) cached in {atlas.path / 'summaries' / 'de'}; "
+          f"the dashboard's Compare page reads it")
+    return 0
+
+
+def _annotate(args: argparse.Namespace, command: str) -> int:
+    """Annotate a bundle by label transfer and print the per-type summary."""
+    from engine.annotate import annotate_bundle
+    from engine.progress import TqdmProgress
+
+    with TqdmProgress("annotate") as progress:
+        result = annotate_bundle(args.bundle, args.reference, out=args.out, k=args.k, threshold=args.threshold,
+                                 reference_cell_type_key=args.reference_cell_type_key, gene_map=args.gene_map,
+                                 command=command, progress=progress)
+    genes = result.info["genes"]
+    print(f"{genes['n_shared']:,} shared genes ({100 * genes['reference_hvg_fraction']:.0f}% of the reference's "
+          f"highly variable genes); {result.info['n_unknown']:,} of {result.info['n_query_cells']:,} cells "
+          f"unknown (confidence < {args.threshold:g})")
+    print(result.summary.to_string(index=False, formatters={"fraction": "{:.1%}".format,
+                                                            "mean_confidence": "{:.3f}".format}))
+    print(f"annotated bundle written to {args.out or args.bundle}; open it with: vcell serve {args.out or args.bundle}")
     return 0
 
 

@@ -55,6 +55,13 @@ def kang_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kang_donors_bundle(tmp_path_factory) -> Path:
+    """Kang et al. PBMC with donors (muscat's example: ctrl / stim, 2 donors each, 5 cell types) as a bundle."""
+    return _build_shared_bundle(tmp_path_factory, "kang_ifnb_donors.h5ad", cell_type_key="cluster_id",
+                                condition_key="group_id", donor_key="sample_id", reference_condition="ctrl")
+
+
+@pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory) -> Path:
     """A bundle of a generated atlas of 3,000 cells (three conditions, donors, batches), built once."""
     from engine.build import BuildOptions, build_atlas
@@ -73,4 +80,18 @@ def mae_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mae") / "kang_mae.vcell"
     assert main(["build", str(shared_file("kang_ifnb_1k.h5ad")), "--out", str(out), "--model", "mae",
                  "--epochs", "2"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def covid_annotated_bundle(covid_bundle, tmp_path_factory) -> Path:
+    """The COVID bundle annotated by label transfer from kang_ifnb_1k.h5ad (`vcell annotate --out`), built once.
+
+    ``cell_type`` holds the transferred labels (``"unknown"`` below the default threshold),
+    ``cell_type_confidence`` the vote share and ``cluster`` the previous Leiden clusters.
+    """
+    from engine.annotate import annotate_bundle
+
+    out = tmp_path_factory.mktemp("annotated") / "covid_annotated.vcell"
+    annotate_bundle(covid_bundle, shared_file("kang_ifnb_1k.h5ad"), out=out)
     return out

@@ -88,20 +88,39 @@ def test_explore_colours_by_every_column_and_by_a_gene(app, atlas):
     assert len(charts(app)) >= 2  # the map and the breakdown of all cells
 
 
-def test_compare_shows_composition_volcano_and_de_table(app, atlas):
+def test_compare_pseudobulk_by_default_then_exploratory_wilcoxon(app, atlas):
     visit(app, "compare")
     conditions = atlas.categories("condition")
     assert app.selectbox(key="compare_a").value == atlas.reference_condition
     other = [c for c in conditions if c != atlas.reference_condition][-1]
     app.selectbox(key="compare_b").set_value(other).run()
-    cell_type = atlas.categories("cell_type")[0]
-    app.selectbox(key="compare_cell_type").set_value(cell_type).run()
+    assert app.radio(key="compare_method_2").value.startswith("Pseudobulk")
+    largest = atlas.obs["cell_type"].astype(str).value_counts().index[0]
+    assert app.selectbox(key="compare_cell_type_pseudobulk").value == largest
     assert not app.exception and not app.error, texts(app.error)
     de = app.dataframe[0].value
-    assert {"gene", "log2fc", "padj"} <= set(de.columns) and len(de) == atlas.n_genes
-    assert len(charts(app)) == 2  # composition and volcano
+    assert {"gene", "log2fc", "padj", "stat", "n_donors_a", "n_donors_b"} <= set(de.columns)
+    assert 0 < len(de) <= atlas.n_genes
+    assert f"{other} vs {atlas.reference_condition} in {largest}. Method: pseudobulk" in texts(app.caption)
+    # every tab drew: volcano, gene maps, composition, dot plot, shift, cell-type maps
+    assert len(charts(app)) == 6
+    assert {"Differential expression", "Composition", "Dot plot", "Embedding shift", "Maps"} <= \
+        {t.label for t in app.tabs}
+    # a clicked volcano gene is shown on the split maps and can be sent to Explore
+    gene = str(de["gene"].iloc[-1])
+    app.session_state["compare_gene"] = gene
+    app.run()
+    assert app.button(key="compare_explore").label == f"Colour the Explore map by {gene}"
+    # filters narrow the table
+    app.text_input(key="compare_filter").input(gene).run()
+    shown = set(app.dataframe[0].value["gene"])
+    assert gene in shown and all(gene.lower() in g.lower() for g in shown) and len(shown) < len(de)
+    app.radio(key="compare_method_2").set_value("Wilcoxon (cells; exploratory)").run()
+    assert app.selectbox(key="compare_cell_type_wilcoxon").value == "All cell types"
+    app.text_input(key="compare_filter").input("").run()
+    assert not app.exception and not app.error, texts(app.error)
+    assert len(app.dataframe[0].value) == atlas.n_genes
     assert "exploratory" in texts(app.caption)
-    assert f"{other} vs {atlas.reference_condition} in {cell_type}" in texts(app.caption)
 
 
 def test_neighbours_by_name_random_and_selection(app, atlas):
@@ -209,3 +228,18 @@ def test_every_page_works_on_a_bundle_with_a_learned_embedding(mae_bundle, monke
         assert not app.error, (name, texts(app.error))
     assert "X_mae" in texts(app.caption) + texts(app.markdown) + " ".join(
         str(d.value.to_dict()) for d in app.dataframe)
+
+
+@pytest.mark.shared
+def test_compare_explains_too_few_donors_and_keeps_the_other_tabs(covid_annotated_bundle, monkeypatch):
+    app = start(monkeypatch, covid_annotated_bundle)
+    visit(app, "compare")
+    assert app.selectbox(key="compare_b").value == "Covid_Critical"
+    app.selectbox(key="compare_cell_type_pseudobulk").set_value("CD4 Memory T").run()  # 3 healthy cells
+    assert not app.exception
+    assert "Too few donors" in texts(app.error), texts(app.error)
+    assert len(charts(app)) >= 3  # composition, embedding shift and the cell-type maps still drawn
+    app.selectbox(key="compare_cell_type_pseudobulk").set_value("CD14 Mono").run()
+    assert not app.exception and not app.error, texts(app.error)
+    de = app.dataframe[0].value.set_index("gene")
+    assert de.loc["IFI27", "log2fc"] > 1 and de.loc["IFI27", "padj"] < 0.05

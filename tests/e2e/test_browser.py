@@ -136,7 +136,7 @@ def test_compare_shows_volcano_and_de_table(page, app_url, screenshot_dir):
     open_page(page, app_url, "compare")
     page.wait_for_selector('[data-testid="stDataFrame"]', timeout=TIMEOUT_MS)
     assert page.locator(".js-plotly-plot").count() >= 2
-    assert page.get_by_role("button", name="Download DE table (CSV)").count() == 1
+    assert page.get_by_role("button", name="Download the whole DE table (CSV)").count() == 1
     assert_clean(page)
     screenshot(page, screenshot_dir, "compare")
 
