@@ -147,7 +147,7 @@ def report(results: dict[str, pd.DataFrame]) -> None:
 def main() -> None:
     import torch
 
-    from engine.evaluate import evaluate_bundle
+    from engine.evaluate_bundle import evaluate_bundle
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/vcell-transfer", help="scratch directory (data are not copied "

@@ -257,7 +257,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a bundle's embeddings and store the tables in BUNDLE/evaluation/."""
     from engine.atlas import read_atlas
     from engine.errors import InputError
-    from engine.evaluate import evaluate_bundle, save_evaluation, summarise
+    from engine.evaluate import summarise
+    from engine.evaluate_bundle import evaluate_bundle, save_evaluation
 
     atlas = read_atlas(args.bundle)
     names = args.embeddings.split(",") if args.embeddings else atlas.manifest["embedding"]["available"]

@@ -9,7 +9,6 @@ from sklearn.metrics import explained_variance_score
 from engine.errors import InputError
 from engine.evaluate import (
     donor_split,
-    evaluate_bundle,
     evaluate_embeddings,
     knn_label_agreement,
     knn_zero_shot,
@@ -17,6 +16,7 @@ from engine.evaluate import (
     reconstruction_metrics,
     summarise,
 )
+from engine.evaluate_bundle import evaluate_bundle
 from engine.index import build_index
 
 

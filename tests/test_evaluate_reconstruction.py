@@ -7,7 +7,7 @@ import torch
 
 from engine.cli import main
 from engine.errors import InputError
-from engine.evaluate import evaluate_bundle, load_evaluation
+from engine.evaluate_bundle import evaluate_bundle, load_evaluation
 from engine.reconstruction import (
     gene_mean_imputation,
     hidden_entries,

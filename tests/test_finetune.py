@@ -1,5 +1,5 @@
 """Supervised classifiers for evaluation: trained from scratch, fine-tuned from a pretrained encoder,
-and the ``supervised`` / ``classifier_macro_f1`` parts of :func:`engine.evaluate.evaluate_bundle`."""
+and the ``supervised`` / ``classifier_macro_f1`` parts of :func:`engine.evaluate_bundle.evaluate_bundle`."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ from sklearn.metrics import f1_score
 
 from engine.atlas import read_atlas
 from engine.errors import InputError
-from engine.evaluate import evaluate_bundle, summarise
+from engine.evaluate import summarise
+from engine.evaluate_bundle import evaluate_bundle
 from engine.finetune import classify, train_classifier
 from engine.models.serialize import save_model
 from engine.models.ssl import build_model

@@ -9,7 +9,7 @@ import streamlit as st
 from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
                             show_table)
 from engine.atlas import Atlas
-from engine.evaluate import load_evaluation
+from engine.evaluate_bundle import load_evaluation
 
 TOP_CELL_TYPES = 30
 QUALITY_LABELS = {"pca_explained_variance": "PCA explained variance", "index_recall_at_10": "Index recall@10",
