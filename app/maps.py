@@ -124,6 +124,37 @@ def _marker_size(n: int) -> float:
     return 6.0 if n < 5_000 else 4.0 if n < 50_000 else 3.0 if n < 150_000 else 2.0
 
 
+def category_traces(atlas: Atlas, cells: np.ndarray, colouring: Colouring, size: float,
+                    showlegend: bool = True) -> list[go.Scattergl]:
+    """One WebGL trace per category of ``colouring`` among ``cells`` (empty categories skipped)."""
+    xy = atlas.layout
+    values = colouring.values[cells]
+    traces = []
+    for category, colour in colouring.colours.items():
+        members = cells[values == category]
+        if len(members) == 0:
+            continue
+        data, template = _hover(atlas, members)
+        traces.append(go.Scattergl(x=xy[members, 0], y=xy[members, 1], mode="markers", name=category,
+                                   marker=dict(size=size, color=colour), customdata=data, hovertemplate=template,
+                                   legendgroup=category, showlegend=showlegend))
+    return traces
+
+
+def value_trace(atlas: Atlas, cells: np.ndarray, colouring: Colouring, size: float, showscale: bool = True,
+                cmin: float | None = None, cmax: float | None = None) -> go.Scattergl:
+    """One WebGL trace of ``cells`` on a colour scale, highest values drawn last (on top)."""
+    xy = atlas.layout
+    order = cells[np.argsort(colouring.values[cells], kind="stable")]
+    ordered = colouring.values[order]
+    data, template = _hover(atlas, order, ordered, colouring.label)
+    return go.Scattergl(x=xy[order, 0], y=xy[order, 1], mode="markers", name=colouring.label, customdata=data,
+                        hovertemplate=template, showlegend=False,
+                        marker=dict(size=size, color=ordered, colorscale=colouring.scale, cmin=cmin, cmax=cmax,
+                                    showscale=showscale,
+                                    colorbar=dict(title=dict(text=colouring.label, side="right"), thickness=12)))
+
+
 def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Sequence[Overlay] = (),
                height: int = 620, dragmode: str = "lasso") -> go.Figure:
     """The 2-D map of the atlas as WebGL scatter traces.
@@ -159,25 +190,9 @@ def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Seque
                                    marker=dict(size=size, color=[colouring.colours.get(v, GREY) for v in values]),
                                    customdata=data, hovertemplate=template, showlegend=False))
     elif colouring.categorical:
-        values = colouring.values[cells]
-        for category, colour in colouring.colours.items():
-            members = cells[values == category]
-            if len(members) == 0:
-                continue
-            data, template = _hover(atlas, members)
-            fig.add_trace(go.Scattergl(x=xy[members, 0], y=xy[members, 1], mode="markers", name=category,
-                                       marker=dict(size=size, color=colour), customdata=data,
-                                       hovertemplate=template, legendgroup=category))
+        fig.add_traces(category_traces(atlas, cells, colouring, size))
     else:
-        values = colouring.values[cells]
-        order = cells[np.argsort(values, kind="stable")]  # high values drawn last, on top
-        ordered = colouring.values[order]
-        data, template = _hover(atlas, order, ordered, colouring.label)
-        fig.add_trace(go.Scattergl(
-            x=xy[order, 0], y=xy[order, 1], mode="markers", name=colouring.label, customdata=data,
-            hovertemplate=template, showlegend=False,
-            marker=dict(size=size, color=ordered, colorscale=colouring.scale, showscale=True,
-                        colorbar=dict(title=dict(text=colouring.label, side="right"), thickness=12))))
+        fig.add_trace(value_trace(atlas, cells, colouring, size))
     for overlay in overlays:
         members = np.asarray(overlay.cells, dtype=np.int64)
         if len(cells) < atlas.n_cells and len(members) > MAX_OVERLAY_POINTS:
@@ -275,26 +290,11 @@ def split_map_figure(atlas: Atlas, colouring: Colouring, groups: Sequence[tuple[
                                    marker=dict(size=size, color="#eeeeee"), showlegend=False), row=1, col=col)
         members = np.intersect1d(np.asarray(cells, dtype=np.int64), drawn)
         if colouring.categorical:
-            shown = values[members]
-            for category, colour in colouring.colours.items():
-                part = members[shown == category]
-                if len(part) == 0:
-                    continue
-                data, template = _hover(atlas, part)
-                fig.add_trace(go.Scattergl(x=xy[part, 0], y=xy[part, 1], mode="markers", name=category,
-                                           legendgroup=category, showlegend=col == 1, customdata=data,
-                                           hovertemplate=template, marker=dict(size=size, color=colour)),
-                              row=1, col=col)
+            traces = category_traces(atlas, members, colouring, size, showlegend=col == 1)
         else:
-            order = members[np.argsort(values[members], kind="stable")]
-            data, template = _hover(atlas, order, values[order], colouring.label)
-            fig.add_trace(go.Scattergl(
-                x=xy[order, 0], y=xy[order, 1], mode="markers", showlegend=False, customdata=data,
-                hovertemplate=template,
-                marker=dict(size=size, color=values[order], colorscale=colouring.scale, cmin=low, cmax=high,
-                            showscale=col == len(groups),
-                            colorbar=dict(title=dict(text=colouring.label, side="right"), thickness=12))),
-                row=1, col=col)
+            traces = [value_trace(atlas, members, colouring, size, showscale=col == len(groups), cmin=low, cmax=high)]
+        for trace in traces:
+            fig.add_trace(trace, row=1, col=col)
     axis = dict(showticklabels=False, showgrid=False, zeroline=False, title=None, showline=False)
     fig.update_xaxes(**axis)
     fig.update_yaxes(**axis, scaleanchor="x", scaleratio=1)
