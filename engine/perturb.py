@@ -400,8 +400,11 @@ def describe_population(cell_type: str | None, condition: str | None) -> str:
 
 def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | None = None,
             cell_type: str | None = None, condition: str | None = None, max_cells: int | None = 10_000,
-            seed: int = 0, n_boot: int = 50, progress: Progress | None = None) -> PerturbResult:
+            seed: int = 0, n_boot: int = 50, method: str = "ridge", progress: Progress | None = None) -> PerturbResult:
     """Predict a knock-out / knock-down / over-expression in a population of an atlas (ridge baseline).
+
+    ``method="model"`` hands over to :func:`engine.virtual_cell.perturb_with_model` (the bundle's
+    masked autoencoder, with the baselines side by side); ``"ridge"`` is described below.
 
     The gene set is the atlas's highly variable genes (``atlas.var["highly_variable"]`` when
     present, otherwise all genes) plus the targets, further bounded to the 2,000 most variable
@@ -420,6 +423,13 @@ def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | 
     EmptySelectionError
         The population has no cells.
     """
+    if method == "model":
+        from engine.virtual_cell import perturb_with_model
+
+        return perturb_with_model(atlas, genes, mode, strength=strength, cell_type=cell_type, condition=condition,
+                                  max_cells=max_cells, seed=seed, n_boot=n_boot, progress=progress)
+    if method != "ridge":
+        raise InputError(f"Unknown perturbation method '{method}': use model (masked autoencoder) or ridge.")
     spec = PerturbationSpec(genes=list(genes), mode=mode, strength=strength)
     target_ids = np.asarray(atlas.genes.resolve_many([str(g) for g in spec.genes]), dtype=np.int64)
     labels = [atlas.genes.label(int(i)) for i in target_ids]

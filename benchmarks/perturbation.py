@@ -1,0 +1,162 @@
+"""Benchmark the virtual cell on a generated atlas whose perturbation effects are known.
+
+Generates an atlas (``vcell generate``), builds it with a masked autoencoder (``vcell build
+--model mae``), then for the strongest regulators of a few populations and every mode (ko, kd,
+oe) compares the predicted mean shift of each gene with the truth (``truth/perturbations.csv``,
+``lognorm_shift_counts``: the shift of the observed log-normalised values; genes not listed
+there have a true shift of ~0). Targets are left out of every score (all methods set them by
+the same clamp). Per method (model, no change, ridge):
+
+- ``r_all``: Pearson r over all non-target genes; ``r_top20``: over the (at most) 20 most affected
+  network targets of the regulator (genes with a true effect; regulators have fewer than 20);
+- ``sign_top20``: share of those whose predicted shift has the true sign (0 predicts no sign);
+- ``coverage_top20``: share of those 20 whose true shift lies in the 95% interval.
+
+Then times one population of 10,000 cells with 16 masks (the model alone, and the whole call).
+
+Usage::
+
+    python benchmarks/perturbation.py --work /tmp/vc_bench --cells 20000 --epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.perturb import NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec
+from engine.virtual_cell import MODEL_METHOD, load_mae, model_shift, perturb_with_model
+
+MODES = {"ko": None, "kd": 0.5, "oe": 4.0}
+TOP = 20
+
+
+def prepare(work: Path, n_cells: int, epochs: int, seed: int) -> tuple[Path, Path]:
+    """The generated atlas directory and its MAE bundle (made when missing)."""
+    from engine.cli import main
+    from engine.data.generate import generate_atlas
+
+    source, bundle = work / f"gen{n_cells}", work / f"gen{n_cells}.vcell"
+    if not source.exists():
+        generate_atlas(source, n_cells, seed=seed)
+    if not bundle.exists():
+        assert main(["build", str(source), "--out", str(bundle), "--model", "mae", "--epochs", str(epochs),
+                     "--seed", str(seed)]) == 0
+    return source, bundle
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def score(table: pd.DataFrame, truth: pd.Series) -> dict[str, float]:
+    """Scores of one predicted table against the true shift per gene (non-target genes only)."""
+    t = table[~table["is_target"]].set_index("gene")
+    true = truth.reindex(t.index).fillna(0.0).to_numpy()
+    pred = t["shift"].to_numpy()
+    affected = np.flatnonzero(t.index.isin(truth.index))  # the regulator's network targets
+    top = affected[np.argsort(-np.abs(true[affected]))[:TOP]]
+    inside = (t["ci_low"].to_numpy()[top] <= true[top]) & (true[top] <= t["ci_high"].to_numpy()[top])
+    return {"r_all": _pearson(pred, true), "r_top20": _pearson(pred[top], true[top]),
+            "sign_top20": float(np.mean(np.sign(pred[top]) == np.sign(true[top]))),
+            "coverage_top20": float(np.mean(inside))}
+
+
+def evaluate(atlas, truth: pd.DataFrame, n_populations: int, n_regulators: int, seed: int) -> pd.DataFrame:
+    """One row per (population, regulator, mode, method) with its scores."""
+    reference = truth["condition"].iloc[0]
+    counts = atlas.obs[atlas.roles["cell_type"]].value_counts()
+    rows = []
+    for cell_type in [str(c) for c in counts.index[:n_populations]]:
+        here = truth[(truth["cell_type"] == cell_type) & (truth["condition"] == reference)]
+        ko = here[(here["mode"] == "ko") & (here["role"] == "target")]
+        strength = ko.groupby("regulator")["lognorm_shift_counts"].apply(lambda s: s.abs().sum())
+        for regulator in strength.sort_values(ascending=False).index[:n_regulators]:
+            for mode, s in MODES.items():
+                case = here[(here["regulator"] == regulator) & (here["mode"] == mode)]
+                true = case[case["role"] == "target"].set_index("gene")["lognorm_shift_counts"]
+                result = perturb_with_model(atlas, [regulator], mode, strength=s, cell_type=cell_type,
+                                            condition=reference, seed=seed)
+                tables = {MODEL_METHOD: result.table, **result.baselines}
+                for method, table in tables.items():
+                    rows.append({"cell_type": cell_type, "regulator": regulator, "mode": mode, "method": method,
+                                 "n_cells": result.n_cells, **score(table, true)})
+                print(f"{cell_type:>28} {regulator:>8} {mode}: model r_top20 "
+                      f"{rows[-3]['r_top20']:.2f}, ridge {rows[-1]['r_top20']:.2f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def time_population(atlas, n_cells: int = 10_000, n_masks: int = 16, seed: int = 0) -> dict[str, float]:
+    """Seconds for one population of ``n_cells`` cells and ``n_masks`` masks (model only, and whole call)."""
+    from engine.models.serialize import align_block, align_genes
+
+    model, genes = load_mae(atlas)
+    positions, _ = align_genes(genes, atlas.var)
+    cells = np.sort(np.random.default_rng(seed).choice(atlas.n_cells, n_cells, replace=False))
+    columns = np.unique(positions[positions >= 0])
+    x, missing = align_block(atlas.expression(cells, columns), np.searchsorted(columns, positions))
+    target = int(np.argmax(x.numpy().mean(0)))
+    spec = PerturbationSpec([genes[target]], "kd")
+    out = {}
+    for label, max_pairs in (("model, default pair budget", "auto"), ("model, all 160,000 pairs", None)):
+        start = time.perf_counter()
+        table = model_shift(model, x, [target], spec, missing=missing.numpy(), n_masks=n_masks, max_pairs=max_pairs,
+                            seed=seed)
+        out[f"{label} ({table.attrs['n_pairs']:,} pairs)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    perturb_with_model(atlas, [atlas.genes.label(int(positions[target]))], "kd", max_cells=n_cells, seed=seed)
+    out["whole perturb_with_model call (baselines, landing)"] = time.perf_counter() - start
+    return out
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A pipe table of ``frame`` (index included), numbers to 3 decimals."""
+    frame = frame.reset_index()
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * frame.shape[1]]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def main() -> None:
+    """Run the benchmark and print the tables."""
+    from engine.atlas import Atlas
+    from engine.data.generate import load_truth
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/vc_bench")
+    parser.add_argument("--cells", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--populations", type=int, default=3)
+    parser.add_argument("--regulators", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    source, bundle = prepare(Path(args.work), args.cells, args.epochs, args.seed)
+    atlas = Atlas(bundle)
+    print(f"{platform.machine()} {platform.processor() or ''}, {__import__('os').cpu_count()} cores; "
+          f"bundle {bundle} ({atlas.n_cells:,} cells, model {atlas.manifest['model']['name']}, "
+          f"{atlas.manifest['model']['n_genes']} genes)")
+    results = evaluate(atlas, load_truth(source)["perturbations"], args.populations, args.regulators, args.seed)
+    metrics = ["r_all", "r_top20", "sign_top20", "coverage_top20"]
+    order = [MODEL_METHOD, RIDGE_METHOD, NO_CHANGE_METHOD]
+    summary = results.groupby("method")[metrics].mean().reindex(order)
+    results.to_csv(Path(args.work) / "perturbation_scores.csv", index=False)
+    print("\nMean over", results.groupby(["cell_type", "regulator", "mode"]).ngroups, "cases")
+    print(markdown(summary))
+    print("\nBy mode")
+    print(markdown(results.groupby(["mode", "method"])[metrics].mean()))
+    wins = results.pivot_table(index=["cell_type", "regulator", "mode"], columns="method", values="r_top20")
+    print(f"\nModel r_top20 above ridge in {(wins[MODEL_METHOD] > wins[RIDGE_METHOD]).sum()} of {len(wins)} cases")
+    print("\nTiming, 10,000 cells x 16 masks")
+    for label, seconds in time_population(atlas, seed=args.seed).items():
+        print(f"- {label}: {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
