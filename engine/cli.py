@@ -120,6 +120,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="share of reference cells (per cell type) whose labels may be used: a low-label regime")
 
+    p = sub.add_parser("perturb", help="predict a knock-out / knock-down / over-expression in a population")
+    p.add_argument("bundle")
+    p.add_argument("--genes", required=True, help="comma-separated genes, e.g. STAT1,IRF1")
+    p.add_argument("--mode", required=True, help="ko (knock-out), kd (knock-down) or oe (over-expression)")
+    p.add_argument("--strength", type=float, help="kd: remaining fraction (0.5); oe: multiple (4)")
+    p.add_argument("--cell-type", help="the population's cell type (default: all)")
+    p.add_argument("--condition", help="the population's condition (default: all)")
+    p.add_argument("--method", choices=["model", "ridge"], default=None,
+                   help="model (the masked autoencoder, with baselines; default when the bundle has one) or ridge")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="CSV file for the predicted shifts (baselines beside it)")
+
     p = sub.add_parser("serve", help="open the dashboard on a bundle")
     p.add_argument("bundle")
     p.add_argument("--port", type=int, default=8501)
@@ -236,6 +248,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         return _de(args)
     if args.command == "annotate":
         return _annotate(args, command)
+    if args.command == "perturb":
+        return _perturb(args)
     if args.command == "validate":
         from engine.atlas import validate_atlas
 
@@ -297,6 +311,36 @@ def _de(args: argparse.Namespace) -> int:
     done = int((table["skipped"] == "").sum())
     print(f"pseudobulk DE of {done} of {len(table)} contrast(s) cached in {atlas.path / 'summaries' / 'de'}; "
           f"the dashboard's Compare page reads it")
+    return 0
+
+
+def _perturb(args: argparse.Namespace) -> int:
+    """Predict a perturbation and write its table (and each baseline's) as CSV, atomically."""
+    from engine.atlas import read_atlas
+    from engine.fileio import atomic_path
+    from engine.perturb import perturb
+    from engine.progress import TqdmProgress
+
+    atlas = read_atlas(args.bundle)
+    method = args.method or ("model" if atlas.manifest.get("model", {}).get("name") in ("mae", "gp-mae")
+                             else "ridge")
+    genes = [g.strip() for g in args.genes.split(",") if g.strip()]
+    with TqdmProgress("perturb") as progress:
+        result = perturb(atlas, genes, args.mode, strength=args.strength, cell_type=args.cell_type,
+                         condition=args.condition, method=method, seed=args.seed, progress=progress)
+    out = Path(args.out)
+    tables = {"": result.table, **{f"_{name.split()[0]}": table
+                                   for name, table in getattr(result, "baselines", {}).items()}}
+    for suffix, table in tables.items():
+        with atomic_path(out.with_name(out.stem + suffix + out.suffix)) as tmp:
+            table.to_csv(tmp, index=False)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    top = result.table[~result.table["is_target"]].head(10)
+    print(f"{result.spec.describe()} in {result.population} ({result.n_cells:,} cells), {result.method}:")
+    print(top[["gene", "shift", "ci_low", "ci_high"]].to_string(index=False, float_format="{:+.3f}".format))
+    print(f"written to {out}" + (f" (baselines beside it: {', '.join(out.stem + s + out.suffix for s in tables if s)})"
+                                 if len(tables) > 1 else ""))
     return 0
 
 

@@ -164,6 +164,24 @@ def test_perturb_predicts_shifts_and_rejects_unknown_genes(app, atlas):
     assert "not in this atlas" in texts(app.error)
 
 
+def test_perturb_runs_the_virtual_cell_beside_its_baselines(mae_bundle, monkeypatch):
+    app = start(monkeypatch, mae_bundle)
+    visit(app, "perturb")
+    assert "Virtual cell" in texts(app.info)
+    assert app.radio(key="perturb_method_2").value == "model"
+    atlas = read_atlas(mae_bundle)
+    gene = atlas.genes.label(int(np.flatnonzero(atlas.var["highly_variable"].to_numpy())[0]))
+    app.multiselect(key="perturb_genes").set_value([gene]).run()
+    app.selectbox(key="perturb_cell_type").set_value(atlas.categories("cell_type")[0]).run()
+    app.button(key="perturb_run").click().run()
+    assert not app.exception and not app.error, texts(app.error)
+    assert {"The model beside its baselines", "Where the cells go"} <= {s.value for s in app.subheader}
+    assert "masked autoencoder" in texts(app.caption)
+    table = next(d.value for d in app.dataframe if "is_target" in d.value.columns)
+    assert table.loc[table["is_target"], "gene"].tolist() == [gene]
+    assert len(charts(app)) >= 3  # population map, shifts, model vs baselines (and the arrows map)
+
+
 def test_model_page_shows_tables_not_just_json(app):
     visit(app, "model")
     assert len(app.dataframe) >= 5

@@ -66,3 +66,25 @@ def test_unknown_bundle_version(tmp_path, capsys, kang_bundle):
     assert "version 99" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nothing.vcell")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_perturb_writes_the_model_table_and_its_baselines(tmp_path, capsys, mae_bundle):
+    import numpy as np
+    import pandas as pd
+
+    from engine.atlas import read_atlas
+
+    atlas = read_atlas(mae_bundle)
+    gene = atlas.genes.label(int(np.flatnonzero(atlas.var["highly_variable"].to_numpy())[0]))
+    cell_type = atlas.categories("cell_type")[0]
+    out = tmp_path / "shifts.csv"
+    assert main(["perturb", str(mae_bundle), "--genes", gene, "--mode", "kd", "--strength", "0.2",
+                 "--cell-type", cell_type, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "masked-autoencoder virtual cell" in printed and f"knock-down to 20% of {gene}" in printed
+    model = pd.read_csv(out)
+    ridge = pd.read_csv(tmp_path / "shifts_ridge.csv")
+    assert model.loc[model["is_target"], "gene"].tolist() == [gene] == ridge.loc[ridge["is_target"], "gene"].tolist()
+    assert (model["ci_low"] <= model["shift"]).all() and (model["shift"] <= model["ci_high"]).all()
+    assert main(["perturb", str(mae_bundle), "--genes", "NOTAGENE1", "--mode", "ko", "--out", str(out)]) == 2
+    assert "not in this atlas" in capsys.readouterr().err

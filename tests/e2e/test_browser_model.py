@@ -1,0 +1,47 @@
+"""Real-browser check of the virtual cell: `vcell serve` on a bundle with a learned masked autoencoder
+(kang_ifnb_1k built with `--model mae`), a knock-out predicted on the Perturb page beside its baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_browser import TIMEOUT_MS, assert_clean, open_page, pick, screenshot, wait_idle
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def e2e_bundle(mae_bundle):
+    """Serve the bundle with a learned masked autoencoder in this module."""
+    return mae_bundle
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir():
+    path = Path(__file__).resolve().parent / "screenshots" / "model"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_perturb_page_runs_the_virtual_cell(page, app_url, screenshot_dir, e2e_bundle):
+    from engine.atlas import read_atlas
+
+    atlas = read_atlas(e2e_bundle)
+    gene = atlas.genes.label(int(np.flatnonzero(atlas.var["highly_variable"].to_numpy())[0]))
+    open_page(page, app_url, "perturb")
+    assert page.get_by_text("Virtual cell", exact=False).count() >= 1
+    pick(page, "Genes to perturb", gene)
+    page.keyboard.press("Escape")
+    pick(page, "Cell type", "CD14 Mono")
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("The model beside its baselines").wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Where the cells go").wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    heading = page.get_by_text("Predicted effect of", exact=False).first.inner_text()
+    assert f"knock-out of {gene} in 'CD14 Mono'" in heading
+    assert page.locator(".js-plotly-plot").count() >= 4  # population map, shifts, model vs baselines, arrows
+    assert_clean(page)
+    screenshot(page, screenshot_dir, "perturb_virtual_cell")
