@@ -41,10 +41,10 @@ def pickers(atlas: Atlas, conditions: list[str]) -> tuple[str, str, str | None, 
                                         "optimistic.")]
     cell_types = atlas.categories("cell_type")
     if method == "pseudobulk":
-        column = atlas.roles["cell_type"]
-        by_size = atlas.obs[column].astype(str).value_counts()
+        sizes = atlas.summaries.groups.groupby("cell_type", observed=True)["n_cells"].sum()
+        largest = str(sizes.idxmax()) if len(sizes) else None
         options = cell_types
-        default = options.index(str(by_size.index[0])) if len(by_size) else 0
+        default = options.index(largest) if largest in options else 0
     else:
         options, default = [ALL] + cell_types, 0
     cell_type = cols[3].selectbox("Cell type for differential expression", options, index=default,
@@ -64,13 +64,11 @@ def composition_section(atlas: Atlas, a: str, b: str) -> None:
     if "cell_type" not in roles:
         st.info("This atlas has no cell-type column, so composition cannot be compared.")
         return
-    donor = roles.get("donor")
-    table = remembered("composition", (a, b), lambda: composition_shift(
-        atlas.obs, a, b, cell_type_key=roles["cell_type"], condition_key=roles["condition"], donor_key=donor))
+    keys = dict(cell_type_key=roles["cell_type"], condition_key=roles["condition"], donor_key=roles.get("donor"))
+    table = remembered("composition", (a, b), lambda: composition_shift(atlas.obs, a, b, **keys))
     per_donor = None
-    if donor is not None:
-        per_donor = composition(atlas.obs, cell_type_key=roles["cell_type"], condition_key=roles["condition"],
-                                donor_key=donor)
+    if keys["donor_key"] is not None:
+        per_donor = remembered("per_donor", (), lambda: composition(atlas.obs, **keys))
     st.plotly_chart(composition_figure(table, per_donor, a, b), key="compare_composition",
                     config={"displaylogo": False})
     for note in [n for n in table["note"].unique() if n][:3]:
