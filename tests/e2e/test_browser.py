@@ -9,6 +9,8 @@ on another bundle.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,13 @@ ERROR = '[data-testid="stAlertContentError"]'
 EXCEPTION = '[data-testid="stException"]'
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TIMEOUT_MS = 90_000
+
+
+def screenshot_folder(name: str) -> Path:
+    """A subfolder of the (gitignored) screenshot folder for one bundle's pages; created."""
+    path = Path(__file__).resolve().parent / "screenshots" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def wait_idle(page) -> None:

@@ -5,8 +5,6 @@ the maps by the gene, the dot plot and embedding shift, and a neighbour search."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from test_browser import (  # noqa: F401 - the shared checks run again on this module's bundle
@@ -17,6 +15,7 @@ from test_browser import (  # noqa: F401 - the shared checks run again on this m
     open_page,
     pick,
     screenshot,
+    screenshot_folder,
     test_compare_shows_volcano_and_de_table,
     test_every_page_shows_its_map_without_errors,
     test_explore_box_selection_is_summarised,
@@ -36,10 +35,8 @@ def e2e_bundle(covid_annotated_bundle):
 
 @pytest.fixture(scope="module")
 def screenshot_dir():
-    """COVID screenshots go beside the generated ones, in their own folder."""
-    path = Path(__file__).resolve().parent / "screenshots" / "covid"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """This bundle's screenshots go beside the generated ones, in their own folder."""
+    return screenshot_folder("covid")
 
 
 VOLCANO_POINT = """gene => {

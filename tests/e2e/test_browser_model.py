@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from test_browser import TIMEOUT_MS, assert_clean, open_page, pick, screenshot, wait_idle
+from test_browser import TIMEOUT_MS, screenshot_folder, assert_clean, open_page, pick, screenshot, wait_idle
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +19,8 @@ def e2e_bundle(mae_bundle):
 
 @pytest.fixture(scope="module")
 def screenshot_dir():
-    path = Path(__file__).resolve().parent / "screenshots" / "model"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """This bundle's screenshots go beside the generated ones, in their own folder."""
+    return screenshot_folder("model")
 
 
 def test_perturb_page_runs_the_virtual_cell(page, app_url, screenshot_dir, e2e_bundle):
