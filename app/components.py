@@ -175,12 +175,6 @@ def download_csv(frame: pd.DataFrame, label: str, file_name: str, key: str) -> N
                        key=key, icon=":material/download:")
 
 
-def safe_name(*parts: str | None) -> str:
-    """A file-name-safe join of ``parts`` (``None`` skipped)."""
-    text = "_".join(str(p) for p in parts if p is not None)
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
-
-
 # --------------------------------------------------------------------------- colours and labels
 def role_columns(atlas: Atlas) -> dict[str, str]:
     """Role → obs column for the roles this atlas has (cell type, condition, donor, batch)."""

@@ -21,6 +21,7 @@ from engine.atlas import FORMAT, FORMAT_VERSION, gene_hash, provenance
 from engine.errors import InputError
 from engine.fileio import atomic_dir, write_json, write_npy
 from engine.data.normalise import iter_row_blocks
+from engine.embed import check_model_seeds
 from engine.progress import Progress, report, scaled
 
 BLOCK = 20_000
@@ -42,6 +43,7 @@ class BuildOptions:
     n_landmarks: int = 15_000
     model: str | None = None
     epochs: int = 10
+    model_seeds: int = 1  # masked autoencoders trained with seeds seed..seed+N-1 (mae / gp-mae; engine.embed)
     seed: int = 0
     de: bool = False  # precompute pseudobulk DE into summaries/de/ (engine.pseudobulk; roughly doubles build time)
 
@@ -103,6 +105,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     from engine.summaries import compute_summaries
 
     options = options or BuildOptions()
+    check_model_seeds(options.model, options.model_seeds)  # before any work
     overall = progress  # with --model, pretraining dominates: the PCA bundle gets the first 40% of the bar
     progress = scaled(overall, 0.0, 0.4) if options.model else overall
     out = Path(out)
@@ -211,7 +214,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
             from engine.embed import add_learned_embedding
 
             manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
-                                             n_landmarks=options.n_landmarks,
+                                             n_seeds=options.model_seeds, n_landmarks=options.n_landmarks,
                                              progress=scaled(overall, 0.4, 0.995))
             write_json(tmp / "manifest.json", manifest)
     report(overall, 1.0, f"bundle written to {out}")

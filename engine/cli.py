@@ -33,6 +33,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--n-pcs", type=int, default=50, help="PCA components")
     m.add_argument("--model", help="learned embedding: mae, gp-mae, byol, barlow, or a model checkpoint directory")
     m.add_argument("--epochs", type=int, default=10, help="pretraining epochs with --model METHOD")
+    m.add_argument("--model-seeds", type=int, default=1, metavar="N",
+                   help="with --model mae or gp-mae: train N models (seeds SEED..SEED+N-1) so that virtual-cell "
+                        "intervals include training randomness")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--de", action="store_true",
                    help="also precompute pseudobulk DE of every cell type (as `vcell de`; about doubles build time)")
@@ -120,6 +123,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="share of reference cells (per cell type) whose labels may be used: a low-label regime")
 
+    p = sub.add_parser("evaluate-response", help="virtual cell on real data: predict each held-out cell type's "
+                                                 "response to a condition, model against baselines")
+    p.add_argument("bundle")
+    p.add_argument("--condition-a", required=True, help="the control condition, e.g. CTRL")
+    p.add_argument("--condition-b", required=True, help="the response condition, e.g. STIM")
+    p.add_argument("--cell-types", help="comma-separated cell types to hold out (default: all with 10+ cells in both)")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain the masked autoencoder per held-out type without its response cells (honest; "
+                        "slower); default: the bundle's model, which saw them unlabelled")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs with --retrain")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("perturb", help="predict a knock-out / knock-down / over-expression in a population")
     p.add_argument("bundle")
     p.add_argument("--genes", required=True, help="comma-separated genes, e.g. STAT1,IRF1")
@@ -131,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="model (the masked autoencoder, with baselines; default when the bundle has one) or ridge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="CSV file for the predicted shifts (baselines beside it)")
+    p.add_argument("--versus", metavar="B",
+                   help="also compare the perturbation in --condition (A, healthy) with condition B in --cell-type: "
+                        "writes OUT_conditions.csv and prints the reversal score (a masked-autoencoder bundle)")
+    p.add_argument("--additive", action="store_true",
+                   help="with two or more genes, also write OUT_additive.csv: the joint prediction beside the sum "
+                        "of single-gene ones (a masked-autoencoder bundle)")
 
     p = sub.add_parser("serve", help="open the dashboard on a bundle")
     p.add_argument("bundle")
@@ -153,7 +174,7 @@ def _options(args: argparse.Namespace):
                         donor_key=args.donor_key, batch_key=args.batch_key,
                         reference_condition=args.reference_condition, gene_map=args.gene_map,
                         n_hvg=args.n_hvg, n_pcs=args.n_pcs, model=args.model, epochs=args.epochs, seed=args.seed,
-                        de=args.de)
+                        model_seeds=args.model_seeds, de=args.de)
 
 
 def serve(bundle: str | os.PathLike, port: int = 8501, headless: bool = False) -> int:
@@ -258,6 +279,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
             print(f"problem: {problem}", file=sys.stderr)
         print(f"{args.bundle}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
         return 0 if not problems else 1
+    if args.command == "evaluate-response":
+        return _evaluate_response(args)
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "serve":
@@ -294,6 +317,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_response(args: argparse.Namespace) -> int:
+    """Leave each cell type out, predict its response, store the scores in BUNDLE/evaluation/response/."""
+    import tempfile
+
+    from engine.atlas import read_atlas
+    from engine.perturb_evaluation import (holdout_condition_response, holdout_trainer, save_response,
+                                           summarise_response)
+    from engine.progress import TqdmProgress
+
+    atlas = read_atlas(args.bundle)
+    types = [t.strip() for t in args.cell_types.split(",") if t.strip()] if args.cell_types else None
+    with tempfile.TemporaryDirectory(prefix="vcell-holdout-") as work, TqdmProgress("evaluate-response") as progress:
+        fit = holdout_trainer(atlas, work, epochs=args.epochs, seed=args.seed) if args.retrain else None
+        results = holdout_condition_response(atlas, args.condition_a, args.condition_b, cell_types=types,
+                                             fit_model=fit, seed=args.seed, progress=progress)
+    path = save_response(atlas.path, results)
+    for note in results.attrs["notes"]:
+        print(f"note: {note}")
+    summary = summarise_response(results)
+    print(summary[["method", "n_cell_types", *(c for c in summary.columns if c.endswith("_mean"))]]
+          .to_string(index=False, float_format="{:.3f}".format))
+    print(f"written to {path}; the dashboard's Model page shows it")
+    return 0
+
+
 def _de(args: argparse.Namespace) -> int:
     """Precompute pseudobulk DE into BUNDLE/summaries/de/ and print one line per contrast."""
     from engine.atlas import read_atlas
@@ -314,17 +362,77 @@ def _de(args: argparse.Namespace) -> int:
     return 0
 
 
-def _perturb(args: argparse.Namespace) -> int:
-    """Predict a perturbation and write its table (and each baseline's) as CSV, atomically."""
-    from engine.atlas import read_atlas
+def _check_perturb_options(args: argparse.Namespace, genes: list[str]) -> None:
+    """Refuse ``--versus`` without a population and condition A, and ``--additive`` with one gene."""
+    from engine.errors import InputError
+
+    if args.versus is not None and (args.cell_type is None or args.condition is None):
+        raise InputError("--versus B compares the perturbation in one cell type between condition A and B: give "
+                         "--cell-type and --condition (condition A) too.")
+    if args.additive and len(genes) < 2:
+        raise InputError(f"--additive compares a combination with the sum of its single-gene effects: give two or "
+                         f"more --genes (got {len(genes)}).")
+
+
+def _write_csv(table, path: Path) -> None:
+    """Write ``table`` (a DataFrame) to ``path`` as CSV, atomically."""
     from engine.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """``OUT_suffix.csv`` beside ``out``."""
+    return out.with_name(out.stem + suffix + out.suffix)
+
+
+def _perturb_versus(atlas, genes: list[str], args: argparse.Namespace, method: str, out: Path) -> Path:
+    """Compare the perturbation in condition A and B, write the table, print the reversal score."""
+    from engine.perturb_conditions import compare_conditions_effect, reversal_score
+
+    options = dict(cell_type=args.cell_type, condition_a=args.condition, condition_b=args.versus,
+                   strength=args.strength, method=method, seed=args.seed)
+    effect = compare_conditions_effect(atlas, genes, args.mode, **options)
+    reversal = reversal_score(atlas, genes, args.mode, **options)
+    path = _beside(out, "_conditions")
+    _write_csv(effect.table, path)
+    for note in effect.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{effect.description}: {effect.n_units[0]} + {effect.n_units[1]} {effect.units} permuted")
+    print(f"reversal score {reversal.score:+.3f} (does it move '{args.versus}' toward '{args.condition}'): above "
+          f"{reversal.percentile:.0%} of {reversal.control_scores.size} matched control gene sets, p = "
+          f"{reversal.pval:.2g}")
+    return path
+
+
+def _perturb_additive(atlas, genes: list[str], args: argparse.Namespace, method: str, out: Path) -> Path:
+    """Write the joint prediction beside the sum of single-gene predictions; print their Pearson r."""
+    from engine.perturb_baselines import additive_combination
+
+    table = additive_combination(atlas, genes, args.mode, cell_type=args.cell_type, condition=args.condition,
+                                 strength=args.strength, method=method, seed=args.seed)
+    path = _beside(out, "_additive")
+    _write_csv(table, path)
+    print(f"joint vs additive prediction of the combination: Pearson r = {table.attrs['pearson_r']:.3f}")
+    return path
+
+
+def _perturb(args: argparse.Namespace) -> int:
+    """Predict a perturbation and write its table (and each baseline's) as CSV, atomically.
+
+    ``--versus`` and ``--additive`` add the across-conditions table (with the reversal score)
+    and the additive-model table beside it.
+    """
+    from engine.atlas import read_atlas
     from engine.perturb import perturb
     from engine.progress import TqdmProgress
 
+    genes = [g.strip() for g in args.genes.split(",") if g.strip()]
+    _check_perturb_options(args, genes)
     atlas = read_atlas(args.bundle)
     method = args.method or ("model" if atlas.manifest.get("model", {}).get("name") in ("mae", "gp-mae")
                              else "ridge")
-    genes = [g.strip() for g in args.genes.split(",") if g.strip()]
     with TqdmProgress("perturb") as progress:
         result = perturb(atlas, genes, args.mode, strength=args.strength, cell_type=args.cell_type,
                          condition=args.condition, method=method, seed=args.seed, progress=progress)
@@ -332,15 +440,18 @@ def _perturb(args: argparse.Namespace) -> int:
     tables = {"": result.table, **{f"_{name.split()[0]}": table
                                    for name, table in getattr(result, "baselines", {}).items()}}
     for suffix, table in tables.items():
-        with atomic_path(out.with_name(out.stem + suffix + out.suffix)) as tmp:
-            table.to_csv(tmp, index=False)
+        _write_csv(table, _beside(out, suffix))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     top = result.table[~result.table["is_target"]].head(10)
     print(f"{result.spec.describe()} in {result.population} ({result.n_cells:,} cells), {result.method}:")
     print(top[["gene", "shift", "ci_low", "ci_high"]].to_string(index=False, float_format="{:+.3f}".format))
-    print(f"written to {out}" + (f" (baselines beside it: {', '.join(out.stem + s + out.suffix for s in tables if s)})"
-                                 if len(tables) > 1 else ""))
+    beside = [_beside(out, s).name for s in tables if s]
+    if args.versus is not None:
+        beside.append(_perturb_versus(atlas, genes, args, method, out).name)
+    if args.additive:
+        beside.append(_perturb_additive(atlas, genes, args, method, out).name)
+    print(f"written to {out}" + (f" (beside it: {', '.join(beside)})" if beside else ""))
     return 0
 
 

@@ -3,7 +3,8 @@
 * :func:`evaluate_bundle` -- the bundle's embeddings beside the PCA, HVG and supervised baselines, with
   fine-tuned classification (:mod:`engine.baselines`, :mod:`engine.finetune`) and the reconstruction of
   hidden genes of held-out cells beside gene-mean and kNN imputation (:mod:`engine.reconstruction`).
-* :func:`save_evaluation` / :func:`load_evaluation` -- the bundle's ``evaluation/`` directory (Model page).
+* :func:`save_evaluation` / :func:`load_evaluation` -- the bundle's ``evaluation/`` directory (Model page),
+  and ``evaluation/response`` for :mod:`engine.perturb_evaluation`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.evaluate import donor_split, evaluate_embeddings, summarise
+
+RESPONSE_DIR = "evaluation/response"  # the virtual cell's leave-one-out (engine.perturb_evaluation)
 
 
 # -- a whole bundle ---------------------------------------------------------------------------------------
@@ -141,15 +144,16 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
     return table
 
 
-def save_evaluation(path, results: pd.DataFrame) -> None:
-    """Write ``results.csv``, ``summary.csv`` and ``notes.json`` into directory ``path``, atomically."""
+def save_evaluation(path, results: pd.DataFrame, summary: pd.DataFrame | None = None) -> None:
+    """Write ``results.csv``, ``summary.csv`` (default :func:`summarise`) and ``notes.json`` into ``path``, atomically."""
     from pathlib import Path
 
     from engine.fileio import atomic_path, write_json
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    for name, table in (("results.csv", results), ("summary.csv", summarise(results))):
+    summary = summarise(results) if summary is None else summary
+    for name, table in (("results.csv", results), ("summary.csv", summary)):
         with atomic_path(path / name) as tmp:
             table.to_csv(tmp, index=False)
     write_json(path / "notes.json", {"notes": list(results.attrs.get("notes", [])),

@@ -94,3 +94,9 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def safe_name(*parts: str | None) -> str:
+    """A file-name-safe join of ``parts`` (``None`` skipped)."""
+    text = "_".join(str(p) for p in parts if p is not None)
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)

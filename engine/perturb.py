@@ -200,7 +200,7 @@ def _select_genes(X: sp.spmatrix | np.ndarray, targets: np.ndarray, max_genes: i
     return np.union1d(keep, targets)
 
 
-def _table(labels: Sequence[str], mean_control: np.ndarray, shift: np.ndarray, low: np.ndarray,
+def shift_table(labels: Sequence[str], mean_control: np.ndarray, shift: np.ndarray, low: np.ndarray,
            high: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
     is_target = np.zeros(len(labels), dtype=bool)
     is_target[targets] = True
@@ -244,7 +244,7 @@ def no_change_baseline(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
     x_t = _dense_columns(X, targets)
     shift = np.zeros(genes.size)
     shift[local] = (clamp_targets(x_t, spec, cap=cap, level=level) - x_t).mean(axis=0)
-    table = _table([labels[g] for g in genes], mean_control, shift, shift.copy(), shift.copy(), local)
+    table = shift_table([labels[g] for g in genes], mean_control, shift, shift.copy(), shift.copy(), local)
     table.attrs.update(method=NO_CHANGE_METHOD, warnings=[], n_cells=int(X.shape[0]))
     return table
 
@@ -370,7 +370,7 @@ def ridge_perturbation(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
     else:
         low, high = point.copy(), point.copy()
     report(progress, 1.0, "Perturbation predicted")
-    table = _table([labels[g] for g in genes], mu_g[:, 0], point, low, high, local)
+    table = shift_table([labels[g] for g in genes], mu_g[:, 0], point, low, high, local)
     table.attrs.update(method=RIDGE_METHOD, warnings=warnings, bootstrap=bootstrap, n_cells=int(n),
                        alpha=alpha, n_boot=int(n_boot), spec=spec.describe([labels[t] for t in targets]))
     return table

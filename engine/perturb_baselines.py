@@ -79,51 +79,81 @@ def decode_shift(model: nn.Module, x: np.ndarray, missing: np.ndarray, delta: np
 
 @dataclass
 class LatentTransferResult:
-    """scGen-style latent arithmetic: ``table`` (``gene, predicted, observed``) and their Pearson ``r``."""
+    """scGen-style latent arithmetic beside expression-space arithmetic.
+
+    ``table``: ``gene, predicted`` (latent arithmetic), ``expression_arithmetic`` (the source
+    cells' mean expression difference added as is), ``observed``; ``r`` and ``r_arithmetic``
+    are their Pearson correlations with ``observed``.
+    """
 
     table: pd.DataFrame
     r: float
+    r_arithmetic: float
     latent_delta: np.ndarray
     notes: list[str]
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
+
+
+def other_type_cells(atlas: Atlas, cell_type: str, condition_a: str, condition_b: str, max_cells: int | None,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of every other cell type in condition A and in B (each subsampled to ``max_cells``)."""
+    other = atlas.obs[atlas.roles["cell_type"]].astype(str).to_numpy() != str(cell_type)
+    pops = [np.intersect1d(select_cells(atlas.obs, condition=c, roles=atlas.roles), np.flatnonzero(other))
+            for c in (condition_a, condition_b)]
+    if min(p.size for p in pops) == 0:
+        raise InputError(f"No cell type other than '{cell_type}' has cells in both '{condition_a}' and "
+                         f"'{condition_b}', so there is no other cell type's response to transfer.")
+    return subsample(pops[0], max_cells, seed, 2), subsample(pops[1], max_cells, seed, 3)
+
+
 def latent_transfer(atlas: Atlas, *, cell_type: str, condition_a: str, condition_b: str, source: str = "same",
-                    max_cells: int | None = 2000, seed: int = 0) -> LatentTransferResult:
+                    model: tuple[nn.Module, list[str]] | None = None, max_cells: int | None = 2000,
+                    seed: int = 0) -> LatentTransferResult:
     """Predict the B-vs-A expression shift of a cell type by latent arithmetic (scGen-style).
 
     The condition effect is the mean latent difference (B - A) of the embeddings: of the cell
     type's own cells (``source="same"``) or of all other cell types (``"others"``, scGen's
     leave-one-out). It is added to the A cells' embeddings; the predicted shift is the mean
     decoded difference (:func:`decode_shift`), compared with the observed ``mean(B) - mean(A)``.
+    The same source cells' mean expression difference, taken as the prediction, is the
+    expression-arithmetic baseline (with ``"same"`` it equals the observed shift).
+
+    Parameters
+    ----------
+    model
+        ``(masked autoencoder, its genes)``; default the bundle's. Pass one trained without the
+        held-out cells for an honest leave-one-out (:mod:`engine.perturb_evaluation`).
 
     Raises
     ------
     InputError, EmptySelectionError
-        As :func:`compare_conditions_effect`, or a bad ``source``.
+        As :func:`~engine.perturb_conditions.compare_conditions_effect`, or a bad ``source``.
     """
     if source not in ("same", "others"):
         raise InputError(f"Unknown latent source '{source}': use same (this cell type) or others.")
     cells_a, cells_b = condition_populations(atlas, cell_type, condition_a, condition_b, max_cells, seed)
-    ctx = prediction_context(atlas)
+    ctx = prediction_context(atlas, model=model)
     x_a, x_b = ctx.read(atlas, cells_a), ctx.read(atlas, cells_b)
     missing = torch.as_tensor(ctx.missing)
     if source == "same":
-        delta_a, delta_b = x_a, x_b
+        src_a, src_b = x_a, x_b
     else:
-        kind = atlas.obs[atlas.roles["cell_type"]].astype(str).to_numpy() != str(cell_type)
-        pops = [np.intersect1d(select_cells(atlas.obs, condition=c, roles=atlas.roles), np.flatnonzero(kind))
-                for c in (condition_a, condition_b)]
-        if min(p.size for p in pops) == 0:
-            raise InputError("No other cell type has cells in both conditions: use source='same'.")
-        delta_a, delta_b = (ctx.read(atlas, subsample(p, max_cells, seed, 2 + i)) for i, p in enumerate(pops))
-    z = [ctx.model.embed(torch.as_tensor(v), missing).double().mean(dim=0).numpy() for v in (delta_a, delta_b)]
+        src_a, src_b = (ctx.read(atlas, c) for c in other_type_cells(atlas, cell_type, condition_a, condition_b,
+                                                                      max_cells, seed))
+    with torch.no_grad():
+        z = [ctx.model.eval().embed(torch.as_tensor(v), missing).double().mean(dim=0).numpy() for v in (src_a, src_b)]
     latent_delta = z[1] - z[0]
     predicted = decode_shift(ctx.model, x_a, ctx.missing, latent_delta)[ctx.present]
+    arithmetic = (src_b.mean(axis=0) - src_a.mean(axis=0)).astype(np.float64)[ctx.present]
     observed = (x_b.mean(axis=0) - x_a.mean(axis=0)).astype(np.float64)[ctx.present]
-    r = float(np.corrcoef(predicted, observed)[0, 1]) if predicted.std() > 0 and observed.std() > 0 else np.nan
-    table = pd.DataFrame({"gene": ctx.kept, "predicted": predicted, "observed": observed})
+    table = pd.DataFrame({"gene": ctx.kept, "predicted": predicted, "expression_arithmetic": arithmetic,
+                          "observed": observed})
     table = table.iloc[np.argsort(-np.abs(observed), kind="stable")].reset_index(drop=True)
     notes = [f"Latent condition effect from {'this cell type' if source == 'same' else 'the other cell types'}: "
              f"'{condition_b}' minus '{condition_a}' mean embedding, added to {cells_a.size:,} '{cell_type}' cells "
              f"in '{condition_a}'; Pearson r over {ctx.present.size:,} model genes."]
-    return LatentTransferResult(table=table, r=r, latent_delta=latent_delta, notes=notes)
+    return LatentTransferResult(table=table, r=_pearson(predicted, observed),
+                                r_arithmetic=_pearson(arithmetic, observed), latent_delta=latent_delta, notes=notes)

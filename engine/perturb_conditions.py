@@ -22,7 +22,7 @@ from torch import nn
 from engine.compare import bh_with_nan, select_cells, subsample
 from engine.errors import InputError
 from engine.perturb import MIN_EXPRESSING_CELLS, PerturbationSpec, expressed_stats, ridge_perturbation
-from engine.virtual_cell import _resolve_targets, load_mae, model_shift
+from engine.virtual_cell import load_mae, model_shift, resolve_targets
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.atlas import Atlas
@@ -66,17 +66,21 @@ class PredictionContext:
 
 
 def prediction_context(atlas: Atlas, genes: Sequence[str] | None = None, mode: str = "ko",
-             strength: float | None = None) -> PredictionContext:
-    """Load the model, align its genes and resolve the targets (close names suggested when unknown)."""
+                       strength: float | None = None, model: tuple[nn.Module, list[str]] | None = None
+                       ) -> PredictionContext:
+    """Align a model's genes to the atlas and resolve the targets (close names suggested when unknown).
+
+    ``model`` is ``(masked autoencoder, its genes)``; default: the bundle's (:func:`load_mae`).
+    """
     from engine.models.serialize import align_genes
 
     spec = PerturbationSpec(genes=list(genes), mode=mode, strength=strength) if genes is not None else None
-    model, model_genes = load_mae(atlas)
+    model, model_genes = load_mae(atlas) if model is None else model
     positions, _ = align_genes(model_genes, atlas.var)
     labels = [atlas.genes.label(int(p)) if p >= 0 else str(g) for p, g in zip(positions, model_genes)]
     ctx = PredictionContext(model, labels, positions, positions < 0, np.flatnonzero(positions >= 0), spec)
     if spec is not None:
-        ctx.targets = _resolve_targets(atlas, spec.genes, positions, labels)
+        ctx.targets = resolve_targets(atlas, spec.genes, positions, labels)
         spec.genes = [labels[t] for t in ctx.targets]
     return ctx
 

@@ -16,7 +16,8 @@ used and the mean over cells (which dominates the variance) keeps all of them.
 
 Intervals combine the mask Monte Carlo error (spread over mask draws) with a bootstrap over
 donors (at least :data:`~engine.perturb.MIN_DONORS_FOR_BOOTSTRAP`) or cells: ``shift ± 1.96 *
-sqrt(se_mask² + sd_bootstrap²)``. :func:`perturb_with_model` wraps it for an atlas, with the
+sqrt(se_mask² + sd_bootstrap²)``; a bundle built with ``--model-seeds`` adds the spread between
+training seeds (:mod:`engine.virtual_cell_ensemble`). :func:`perturb_with_model` wraps it for an atlas, with the
 no-change and ridge baselines on the same cells and genes and where the perturbed cells land
 (:mod:`engine.virtual_cell_landing`).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,7 +36,7 @@ from torch import nn
 
 from engine.errors import BundleError, GeneNotFoundError, InputError, suggest
 from engine.perturb import (
-    MIN_DONORS_FOR_BOOTSTRAP, NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec, PerturbResult, _table,
+    MIN_DONORS_FOR_BOOTSTRAP, NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec, PerturbResult, shift_table,
     clamp_targets, describe_population, expressed_stats, no_change_baseline, ridge_perturbation,
 )
 from engine.progress import Progress, report, scaled
@@ -217,7 +219,7 @@ def model_shift(model: nn.Module, x: np.ndarray | torch.Tensor, targets: Sequenc
     keep = np.flatnonzero(~missing)
     kept = [labels[g] for g in keep]
     mean_control = x.cpu().numpy().astype(np.float64).mean(axis=0)
-    table = _table(kept, mean_control[keep], point[keep], point[keep] - half[keep], point[keep] + half[keep],
+    table = shift_table(kept, mean_control[keep], point[keep], point[keep] - half[keep], point[keep] + half[keep],
                    np.searchsorted(keep, targets))
     row = keep[table["gene"].map({g: i for i, g in enumerate(kept)}).to_numpy()]  # table row -> model gene
     table.attrs.update(method=MODEL_METHOD, warnings=warnings, silent_targets=silent, bootstrap=bootstrap,
@@ -242,22 +244,54 @@ class ModelPerturbResult(PerturbResult):
     landing_note: str | None = None
 
 
-def load_mae(atlas: Atlas) -> tuple[nn.Module, list[str]]:
-    """The bundle's masked autoencoder and its genes, or a :class:`~engine.errors.BundleError` saying how to get one."""
+def _load_checked(path: Path) -> tuple[nn.Module, list[str]]:
+    """A checkpoint that must hold a masked autoencoder (else a :class:`~engine.errors.BundleError`)."""
     from engine.models.serialize import load_model
 
-    method = atlas.manifest.get("model", {}).get("name")
-    if method not in ("mae", "gp-mae"):
-        raise BundleError(f"This bundle's embedding model is {method or 'none'}, not a masked autoencoder: the "
-                          "virtual cell needs one (build with `vcell build INPUT --model mae`).")
-    model, genes = load_model(atlas.path / "model")
+    model, genes = load_model(path)
     if not hasattr(model, "decode"):
         raise BundleError(f"This bundle's model is {model.config.get('method')}, not a masked autoencoder: the "
                           "virtual cell needs one (build with `vcell build INPUT --model mae`).")
     return model, genes
 
 
-def _resolve_targets(atlas: Atlas, genes: Sequence[str], positions: np.ndarray,
+def load_mae(atlas: Atlas) -> tuple[nn.Module, list[str]]:
+    """The bundle's masked autoencoder and its genes, or a :class:`~engine.errors.BundleError` saying how to get one."""
+    method = atlas.manifest.get("model", {}).get("name")
+    if method not in ("mae", "gp-mae"):
+        raise BundleError(f"This bundle's embedding model is {method or 'none'}, not a masked autoencoder: the "
+                          "virtual cell needs one (build with `vcell build INPUT --model mae`).")
+    return _load_checked(atlas.path / "model")
+
+
+def load_mae_ensemble(atlas: Atlas) -> list[tuple[nn.Module, list[str]]]:
+    """The bundle's masked autoencoder, then those of its extra training seeds (``--model-seeds``).
+
+    The extra models are ``model_seeds/seed-<k>/`` for every seed ``k`` after the first in the
+    manifest's ``model.seeds``; a bundle built without ``--model-seeds`` gives the main model only.
+
+    Raises
+    ------
+    BundleError
+        No masked autoencoder, a seed's checkpoint is missing or not a masked autoencoder, or
+        its genes differ from the main model's.
+    """
+    main = load_mae(atlas)
+    models = [main]
+    for seed in (atlas.manifest["model"].get("seeds") or [])[1:]:
+        path = atlas.path / "model_seeds" / f"seed-{seed}"
+        if not path.is_dir():
+            raise BundleError(f"The manifest lists model seed {seed} but {path} is missing: rebuild the bundle "
+                              "with `vcell build INPUT --model mae --model-seeds N`.")
+        model, genes = _load_checked(path)
+        if list(genes) != list(main[1]):
+            raise BundleError(f"The model of seed {seed} ({path}) was trained on other genes than the bundle's "
+                              "model: its predictions cannot be pooled; rebuild the bundle.")
+        models.append((model, genes))
+    return models
+
+
+def resolve_targets(atlas: Atlas, genes: Sequence[str], positions: np.ndarray,
                      model_labels: Sequence[str]) -> np.ndarray:
     """Model-gene column of each requested gene; unknown or non-model genes get close model names."""
     model_index = {int(p): i for i, p in enumerate(positions) if p >= 0}
@@ -290,9 +324,12 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
 
     The genes are the model's input genes present in the atlas. Over-expression is capped at
     the 99th percentile of the target among expressing cells of the whole atlas, and silent
-    cells start from the atlas-wide expressed mean. The no-change and ridge baselines run on
-    the same cells, genes and clamp; where the perturbed cells land is computed when the
-    bundle's index is the model's embedding.
+    cells start from the atlas-wide expressed mean. When the bundle was built with
+    ``--model-seeds N``, the N models' predictions are pooled and the intervals include the
+    spread between training seeds (:func:`~engine.virtual_cell_ensemble.ensemble_shift`;
+    ``table.attrs["n_models"]``). The no-change and ridge baselines run on the same cells,
+    genes and clamp; where the perturbed cells land is computed (with the bundle's main model)
+    when the bundle's index is the model's embedding.
 
     Raises
     ------
@@ -307,13 +344,15 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
     """
     from engine.compare import select_cells, subsample
     from engine.models.serialize import align_block, align_genes
+    from engine.virtual_cell_ensemble import ensemble_shift
     from engine.virtual_cell_landing import where_cells_go
 
     spec = PerturbationSpec(genes=list(genes), mode=mode, strength=strength)
-    model, model_genes = load_mae(atlas)
+    models = load_mae_ensemble(atlas)
+    model, model_genes = models[0]
     positions, _ = align_genes(model_genes, atlas.var)
     labels = [atlas.genes.label(int(p)) if p >= 0 else str(g) for p, g in zip(positions, model_genes)]
-    targets = _resolve_targets(atlas, spec.genes, positions, labels)
+    targets = resolve_targets(atlas, spec.genes, positions, labels)
     spec.genes = [labels[t] for t in targets]
     report(progress, 0.0, "Selecting cells")
     cells = np.arange(atlas.n_cells)
@@ -336,9 +375,9 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
     if donor_key is not None and donor_key in atlas.obs.columns:
         values = atlas.obs[donor_key].to_numpy()[chosen]
         donors = values if pd.Series(values).nunique() >= MIN_DONORS_FOR_BOOTSTRAP else None
-    table = model_shift(model, x, targets, spec, missing=missing.numpy(), gene_labels=labels, cap=cap, level=level,
-                        n_masks=n_masks, max_pairs=max_pairs, donors=donors, n_boot=n_boot, seed=seed,
-                        device=device, progress=scaled(progress, 0.1, 0.7))
+    table = ensemble_shift([m for m, _ in models], x, targets, spec, missing=missing.numpy(), gene_labels=labels,
+                           cap=cap, level=level, n_masks=n_masks, max_pairs=max_pairs, donors=donors, n_boot=n_boot,
+                           seed=seed, device=device, progress=scaled(progress, 0.1, 0.7))
     report(progress, 0.7, "Baselines")
     present = np.flatnonzero(~missing.numpy())
     X = x.numpy()[:, present]
@@ -353,7 +392,8 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
                                    cells=chosen, k=k_neighbours, seed=seed, device=device)
     report(progress, 1.0, "Perturbation predicted")
     warnings = list(table.attrs["warnings"])
-    method = f"{MODEL_METHOD} ({table.attrs['n_masks']} masks, bootstrap over {table.attrs['bootstrap']})"
+    seeds = f", {len(models)} model seeds" if len(models) > 1 else ""
+    method = f"{MODEL_METHOD} ({table.attrs['n_masks']} masks, bootstrap over {table.attrs['bootstrap']}{seeds})"
     return ModelPerturbResult(spec=spec, population=describe_population(cell_type, condition),
                               n_cells=int(chosen.size), table=table, warnings=warnings, method=method,
                               cell_type=cell_type, condition=condition, subsampled=chosen.size < cells.size,

@@ -239,6 +239,26 @@ def test_model_page_shows_the_evaluation_written_by_vcell_evaluate(small_bundle,
     assert len(tables) == 1 and set(tables[0]["method"]) >= {"X_pca", "pca_reference", "hvg"}
 
 
+def test_model_page_shows_the_virtual_cell_evaluation(mae_bundle, tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    copy = tmp_path / "response.vcell"
+    shutil.copytree(mae_bundle, copy)
+    app = start(monkeypatch, copy)
+    visit(app, "model")
+    assert "No response evaluation yet" in texts(app.caption)
+    assert main(["evaluate-response", str(copy), "--condition-a", "CTRL", "--condition-b", "STIM", "--retrain",
+                 "--epochs", "1", "--cell-types", "CD14 Mono,B"]) == 0
+    printed = capsys.readouterr().out
+    assert "retrained" in printed and "expression arithmetic" in printed
+    app = start(monkeypatch, copy)
+    visit(app, "model")
+    assert "No response evaluation yet" not in texts(app.caption) and "retrained" in texts(app.caption)
+    table = next(d.value for d in app.dataframe if "r, top 20 responding genes" in d.value)
+    assert list(table["method"]) == ["no change", "expression arithmetic", "latent arithmetic (MAE)"]
+    assert (table["n_cell_types"] == 2).all() and table["RMSE / no change"].iloc[0] == 1.0
+
+
 def test_every_page_works_on_a_bundle_with_a_learned_embedding(mae_bundle, monkeypatch):
     app = start(monkeypatch, mae_bundle)
     for name in PAGES:

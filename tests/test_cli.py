@@ -88,3 +88,33 @@ def test_perturb_writes_the_model_table_and_its_baselines(tmp_path, capsys, mae_
     assert (model["ci_low"] <= model["shift"]).all() and (model["shift"] <= model["ci_high"]).all()
     assert main(["perturb", str(mae_bundle), "--genes", "NOTAGENE1", "--mode", "ko", "--out", str(out)]) == 2
     assert "not in this atlas" in capsys.readouterr().err
+
+
+def test_perturb_versus_and_additive_write_their_tables(tmp_path, capsys, mae_bundle):
+    import pandas as pd
+
+    from engine.atlas import read_atlas
+    from engine.perturb_conditions import prediction_context
+
+    genes = prediction_context(read_atlas(mae_bundle)).kept
+    pair = ["ISG15", "IFIT3"] if {"ISG15", "IFIT3"} <= set(genes) else genes[:2]
+    out = tmp_path / "pair.csv"
+    base = ["perturb", str(mae_bundle), "--genes", ",".join(pair), "--mode", "ko", "--out", str(out)]
+    assert main(base + ["--versus", "STIM", "--condition", "CTRL"]) == 2
+    assert "--cell-type and --condition" in capsys.readouterr().err
+    assert main(base[:3] + [pair[0]] + base[4:] + ["--additive"]) == 2
+    assert "two or more --genes" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+    assert main(base + ["--cell-type", "CD14 Mono", "--condition", "CTRL", "--versus", "STIM", "--additive"]) == 0
+    printed = capsys.readouterr().out
+    assert "reversal score" in printed and "matched control gene sets" in printed
+    conditions = pd.read_csv(tmp_path / "pair_conditions.csv")
+    assert list(conditions.columns) == ["gene", "effect_a", "effect_b", "difference", "pval", "padj", "is_target"]
+    assert set(conditions["gene"]) == set(genes) and len(conditions) == len(genes)
+    assert sorted(conditions.loc[conditions["is_target"], "gene"]) == sorted(pair)
+    assert conditions["pval"].between(0, 1).all()
+    additive = pd.read_csv(tmp_path / "pair_additive.csv")
+    assert list(additive.columns) == ["gene", "joint", "additive", "difference", "is_target"]
+    assert set(additive["gene"]) == set(genes) and len(additive) == len(genes)
+    assert out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())

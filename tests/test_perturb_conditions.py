@@ -108,7 +108,10 @@ def test_additive_baseline_of_one_gene_is_the_single_prediction(kang):
 def test_latent_transfer_recovers_the_interferon_response(kang):
     atlas, cell_type, _ = kang
     result = latent_transfer(atlas, cell_type=cell_type, condition_a=A, condition_b=B)
-    assert -1 <= result.r <= 1 and list(result.table.columns) == ["gene", "predicted", "observed"]
+    assert -1 <= result.r <= 1
+    assert list(result.table.columns) == ["gene", "predicted", "expression_arithmetic", "observed"]
+    # from the cell type's own cells, expression arithmetic is the observed shift itself
+    np.testing.assert_allclose(result.table["expression_arithmetic"], result.table["observed"])
     assert result.r > 0.15  # about 0.26 for CD14 monocytes with the 2-epoch model
     np.testing.assert_allclose(np.corrcoef(result.table["predicted"], result.table["observed"])[0, 1], result.r)
     # a broken latent effect (its coordinates shuffled) loses the response
@@ -122,6 +125,7 @@ def test_latent_transfer_recovers_the_interferon_response(kang):
     assert np.mean(shuffled) < result.r - 0.1
     others = latent_transfer(atlas, cell_type=cell_type, condition_a=A, condition_b=B, source="others")
     assert others.r > 0.1  # scGen's leave-one-out: the effect learned on the other cell types transfers
+    assert others.r_arithmetic > 0.5  # the interferon response is shared: other types' mean difference predicts it
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -167,3 +168,81 @@ def test_bad_input_on_bundles(kang, small_bundle):
         perturb(atlas, ["ISG15"], "ko", method="deep")
     with pytest.raises(BundleError, match="--model mae"):
         perturb_with_model(Atlas(small_bundle), ["CD14"], "ko")
+
+
+# ----------------------------------------------------------------------------- model-seed ensembles
+def _half(table):
+    return ((table["ci_high"] - table["ci_low"]) / 2).set_axis(table["gene"])
+
+
+def test_ensemble_of_one_model_is_model_shift():
+    from engine.virtual_cell_ensemble import ensemble_shift
+
+    model, x, labels = toy()
+    kwargs = dict(gene_labels=labels, n_masks=4, max_pairs=None, n_boot=10, seed=3, device="cpu")
+    spec = PerturbationSpec(["G0"], "kd", 0.3)
+    single = model_shift(model, x, [0], spec, **kwargs)
+    pooled = ensemble_shift([model], x, [0], spec, **kwargs)
+    pd.testing.assert_frame_equal(pooled, single, check_exact=True)
+    assert {k: pooled.attrs[k] for k in single.attrs} == single.attrs
+    assert pooled.attrs["n_models"] == 1 and pooled.attrs["sd_seed"] == [0.0] * len(single)
+
+
+def test_ensemble_of_two_models_pools_points_and_widens_intervals():
+    from engine.virtual_cell import Z_95
+    from engine.virtual_cell_ensemble import ensemble_shift
+
+    (first, x, labels), (second, _, _) = toy(seed=0), toy(seed=1)  # same data, differently initialised models
+    kwargs = dict(gene_labels=labels, n_masks=4, max_pairs=None, n_boot=10, device="cpu")
+    spec = PerturbationSpec(["G0"], "oe")
+    own = [model_shift(m, x, [0], spec, **kwargs) for m in (first, second)]
+    pooled = ensemble_shift([first, second], x, [0], spec, **kwargs)
+    assert list(pooled.columns) == TABLE_COLUMNS and len(pooled) == len(own[0])
+    assert pooled.attrs["n_models"] == 2
+    shifts = [by_gene(t) for t in own]
+    for gene, shift in by_gene(pooled).items():
+        assert shift == pytest.approx((shifts[0][gene] + shifts[1][gene]) / 2, abs=1e-12), gene
+    others = ~pooled.set_index("gene")["is_target"]
+    half = _half(pooled)[others]
+    for table in own:
+        assert (half >= _half(table).reindex(half.index) - 1e-12).all()
+    sd_seed = pd.Series(pooled.attrs["sd_seed"], index=pooled["gene"])
+    assert sd_seed[others].min() > 0 and sd_seed["G0"] == 0.0 and half.min() > 0
+    # the documented formula, with the attrs aligned to the rows
+    se, sd = (pd.Series(pooled.attrs[k], index=pooled["gene"]) for k in ("se_mask", "sd_bootstrap"))
+    np.testing.assert_allclose(half, Z_95 * np.sqrt(se**2 + sd**2 + sd_seed**2)[others], rtol=1e-9)
+    assert by_gene(pooled, "ci_low")["G0"] == by_gene(pooled, "ci_high")["G0"] == by_gene(own[0])["G0"]
+
+
+def test_build_with_model_seeds_gives_an_ensemble(shared_data, tmp_path):
+    import json
+
+    from engine.cli import main
+    from engine.virtual_cell import load_mae_ensemble
+
+    out = tmp_path / "kang_seeds.vcell"
+    assert main(["build", str(shared_data("kang_ifnb_1k.h5ad")), "--out", str(out), "--model", "mae",
+                 "--epochs", "1", "--model-seeds", "2"]) == 0
+    for name in ("config.json", "weights.safetensors", "genes.txt", "training_history.json"):
+        assert (out / "model_seeds" / "seed-1" / name).exists(), name
+    assert not list(out.glob("training*"))  # run directories are dropped like the main one
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["seeds"] == [0, 1]
+    atlas = Atlas(out)
+    models = load_mae_ensemble(atlas)
+    assert len(models) == 2 and models[0][1] == models[1][1]
+    cell_type = atlas.obs[atlas.roles["cell_type"]].value_counts().index[0]
+    result = perturb_with_model(atlas, ["ISG15"], "kd", cell_type=str(cell_type), n_boot=5, n_masks=4)
+    assert result.table.attrs["n_models"] == 2 and "2 model seeds" in result.method
+    assert max(result.table.attrs["sd_seed"]) > 0
+
+
+@pytest.mark.parametrize("model", ["byol", None])
+def test_model_seeds_need_a_masked_autoencoder(model, counts_adata, tmp_path):
+    from engine.build import BuildOptions, build_atlas
+
+    source = tmp_path / "in.h5ad"
+    counts_adata.write_h5ad(source)
+    with pytest.raises(InputError, match="--model-seeds 2 .*--model mae"):
+        build_atlas(source, tmp_path / "out.vcell", BuildOptions(model=model, model_seeds=2))
+    assert not (tmp_path / "out.vcell").exists()

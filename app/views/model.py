@@ -9,7 +9,7 @@ import streamlit as st
 from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
                             show_table)
 from engine.atlas import Atlas
-from engine.evaluate_bundle import load_evaluation
+from engine.evaluate_bundle import RESPONSE_DIR, load_evaluation
 
 TOP_CELL_TYPES = 30
 QUALITY_LABELS = {"pca_explained_variance": "PCA explained variance", "index_recall_at_10": "Index recall@10",
@@ -122,6 +122,32 @@ def evaluation_section(atlas: Atlas) -> None:
         st.caption(note)
 
 
+RESPONSE_SCORES = {"r_all": "r, all genes", "r_top20": "r, top 20 responding genes",
+                   "sign_top20": "sign agreement, top 20", "rmse_ratio": "RMSE / no change"}
+
+
+def response_section(atlas: Atlas) -> None:
+    """Leave-one-cell-type-out prediction of a condition response (from `vcell evaluate-response`)."""
+    st.subheader("Virtual cell: predicting a held-out cell type's response")
+    stored = load_evaluation(atlas.path / RESPONSE_DIR)
+    if stored is None:
+        st.caption(f"No response evaluation yet: run `vcell evaluate-response {atlas.path} --condition-a CONTROL "
+                   "--condition-b RESPONSE` to predict each cell type's response from its control cells and the "
+                   "other types' response, the model against no change and expression arithmetic.")
+        return
+    summary, notes = stored
+    scores = [c for c in RESPONSE_SCORES if f"{c}_mean" in summary]
+    fig = go.Figure([go.Bar(name=RESPONSE_SCORES[c], x=summary["method"], y=summary[f"{c}_mean"],
+                            error_y=dict(type="data", array=summary[f"{c}_sd"])) for c in scores])
+    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10),
+                      yaxis=dict(title="mean ± sd over held-out cell types"), legend=dict(orientation="h", y=1.1))
+    st.plotly_chart(fig, key="model_response", config={"displaylogo": False})
+    show_table(summary[["method", "n_cell_types", *(f"{c}_mean" for c in scores)]].rename(
+        columns={f"{c}_mean": label for c, label in RESPONSE_SCORES.items()}))
+    for note in notes:
+        st.caption(note)
+
+
 def main() -> None:
     """Draw the Model page."""
     atlas = current_atlas()
@@ -139,6 +165,7 @@ def main() -> None:
     st.subheader("Quality")
     quality_metrics(atlas)
     evaluation_section(atlas)
+    response_section(atlas)
 
     left, right = st.columns(2, gap="large")
     with left:

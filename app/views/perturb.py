@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from app.components import (ACCENT, current_atlas, download_csv, gene_options, guard, page_header, progress_bar,
-                            remembered, safe_name)
+from app.components import current_atlas, download_csv, gene_options, guard, page_header, progress_bar, remembered
 from app.maps import Overlay, map_figure, show_map
+from app.perturb_figures import additive_figure, arrows_figure, conditions_figure, reversal_figure, shift_figure, \
+    versus_figure
 from engine.atlas import Atlas
 from engine.compare import select_cells
+from engine.errors import InputError
+from engine.fileio import safe_name
 from engine.perturb import DEFAULT_STRENGTH, MAX_GENES, PerturbResult, perturb
+from engine.perturb_baselines import LatentTransferResult, additive_combination, latent_transfer
+from engine.perturb_conditions import ConditionEffectResult, ReversalResult, compare_conditions_effect, reversal_score
 from engine.virtual_cell import ModelPerturbResult
 
 MODES = {"ko": "Knock out", "kd": "Knock down", "oe": "Over-express"}
 PREDICTORS = {"model": "Virtual cell (masked autoencoder), with baselines", "ridge": "Ridge co-expression baseline"}
-MAX_ARROWS = 300
 ALL = "All"
-N_BARS = 20
-UP, DOWN, TARGET = "#d62728", "#1f77b4", "#7f7f7f"
 PARAMS_KEY = "perturb_params"
+CONDITIONS_KEY = "perturb_conditions_params"
+N_TABLE_ROWS = 100
+T = TypeVar("T")
 COLUMN_LABELS = {"mean_control": "control mean", "shift": "predicted shift", "ci_low": "95% low",
                  "ci_high": "95% high", "mean_perturbed": "perturbed mean"}
 
@@ -62,53 +68,6 @@ def run_perturb(atlas: Atlas, params: dict) -> PerturbResult:
         return perturb(atlas, list(params["genes"]), params["mode"], strength=params["strength"],
                        cell_type=params["cell_type"], condition=params["condition"], method=params["method"],
                        progress=progress)
-
-
-def shift_figure(table: pd.DataFrame) -> go.Figure:
-    """Horizontal bars of the largest predicted shifts (targets excluded) with 95% intervals."""
-    top = table[~table["is_target"]].head(N_BARS).iloc[::-1]
-    colour = np.where(top["shift"] >= 0, UP, DOWN)
-    fig = go.Figure(go.Bar(
-        x=top["shift"], y=top["gene"], orientation="h", marker_color=colour,
-        error_x=dict(type="data", symmetric=False, array=top["ci_high"] - top["shift"],
-                     arrayminus=top["shift"] - top["ci_low"], color="#444", thickness=1),
-        customdata=np.column_stack([top["mean_control"], top["ci_low"], top["ci_high"]]),
-        hovertemplate="<b>%{y}</b><br>shift %{x:+.3f} (95% %{customdata[1]:+.3f} to %{customdata[2]:+.3f})"
-                      "<br>control mean %{customdata[0]:.3f}<extra></extra>"))
-    fig.update_layout(height=max(300, 22 * len(top) + 80), margin=dict(l=0, r=10, t=30, b=0), plot_bgcolor="white",
-                      title=dict(text=f"Top {len(top)} predicted shifts (log1p CP10k), 95% intervals",
-                                 font=dict(size=14)), xaxis=dict(title="predicted mean shift", gridcolor="#eee",
-                                                                 zeroline=True, zerolinecolor="#888"))
-    return fig
-
-
-def versus_figure(result: ModelPerturbResult) -> go.Figure:
-    """The model's top predicted shifts beside each baseline's for the same genes."""
-    top = result.table[~result.table["is_target"]].head(N_BARS)
-    fig = go.Figure()
-    fig.add_bar(y=top["gene"], x=top["shift"], orientation="h", name="virtual cell (MAE)", marker_color=UP)
-    for (name, table), colour in zip(result.baselines.items(), ("#9467bd", "#8c8c8c")):
-        same = table.set_index("gene").reindex(top["gene"])
-        fig.add_bar(y=top["gene"], x=same["shift"], orientation="h", name=name, marker_color=colour)
-    fig.update_layout(barmode="group", height=max(320, 30 * len(top) + 80), margin=dict(l=0, r=10, t=30, b=0),
-                      plot_bgcolor="white", legend=dict(orientation="h", y=1.06),
-                      yaxis=dict(autorange="reversed"), xaxis=dict(title="predicted mean shift", gridcolor="#eee",
-                                                                   zeroline=True, zerolinecolor="#888"))
-    return fig
-
-
-def arrows_figure(atlas: Atlas, result: ModelPerturbResult) -> go.Figure:
-    """The map with arrows from cells' control positions to where their perturbed neighbours sit."""
-    landing = result.landing
-    rows = np.arange(len(landing.cells))[:MAX_ARROWS]
-    start, end = landing.layout_control[rows], landing.layout_perturbed[rows]
-    fig = map_figure(atlas, None, [], height=480, dragmode="pan")
-    xs = np.column_stack([start[:, 0], end[:, 0], np.full(len(rows), np.nan)]).ravel()
-    ys = np.column_stack([start[:, 1], end[:, 1], np.full(len(rows), np.nan)]).ravel()
-    fig.add_scattergl(x=xs, y=ys, mode="lines", line=dict(color=ACCENT, width=1), name="shift", hoverinfo="skip")
-    fig.add_scattergl(x=end[:, 0], y=end[:, 1], mode="markers", name="perturbed position",
-                      marker=dict(color=ACCENT, size=5), hoverinfo="skip")
-    return fig
 
 
 def show_landing(atlas: Atlas, result: ModelPerturbResult) -> None:
@@ -168,6 +127,137 @@ def show_result(result: PerturbResult) -> None:
                  + ".csv", key="perturb_csv")
 
 
+def computed(name: str, params: tuple, text: str, compute: Callable[[], T]) -> T:
+    """``remembered(name, params, compute)`` with a progress bar while ``compute`` runs."""
+    def run() -> T:
+        with progress_bar(text) as progress:
+            progress(0.05, text)
+            return compute()
+    return remembered(name, params, run)
+
+
+def condition_pickers(atlas: Atlas) -> tuple[str, str] | None:
+    """Condition A (default: the reference, else the first) and B (default: the first other one)."""
+    conditions = atlas.categories("condition")
+    if len(conditions) < 2:
+        st.info(f"This atlas has {len(conditions)} condition(s): there is nothing to compare.", icon=":material/info:")
+        return None
+    reference = atlas.reference_condition if atlas.reference_condition in conditions else conditions[0]
+    left, right = st.columns(2)
+    a = left.selectbox("Healthy / reference condition (A)", conditions, index=conditions.index(reference),
+                       key="perturb_condition_a")
+    b = right.selectbox("Compared condition (B)", [c for c in conditions if c != a], index=0, key="perturb_condition_b")
+    return a, b
+
+
+def latent_transfer_or_none(atlas: Atlas, cell_type: str, a: str, b: str) -> LatentTransferResult | None:
+    """``latent_transfer`` from the other cell types; ``None`` (and why, as a note) when it cannot run."""
+    with guard("transferring the latent condition effect"):
+        try:
+            return computed("perturb_latent", (cell_type, a, b), "Latent transfer from the other cell types…",
+                            lambda: latent_transfer(atlas, cell_type=cell_type, condition_a=a, condition_b=b,
+                                                    source="others"))
+        except InputError as err:
+            st.info(f"Latent transfer: {err}", icon=":material/info:")
+    return None
+
+
+def condition_metrics(effect: ConditionEffectResult | None, reversal: ReversalResult | None,
+                      transfer: LatentTransferResult | None) -> None:
+    """Units permuted, their number, the reversal score against its controls, latent transfer's r."""
+    cols = st.columns(4)
+    off = dict(delta_color="off", delta_arrow="off")
+    if effect is not None:
+        cols[0].metric("Units permuted", effect.units, f"{effect.n_permutations} relabellings", **off)
+        cols[1].metric("Units (A + B)", f"{effect.n_units[0]} + {effect.n_units[1]}",
+                       f"{effect.n_cells[0]:,} + {effect.n_cells[1]:,} cells", **off)
+    if reversal is not None:
+        cols[2].metric("Reversal score", f"{reversal.score:+.3f}",
+                       f"above {reversal.percentile:.0%} of matched controls, p = {reversal.pval:.2g}", **off,
+                       help="Cosine between the predicted shift in B and the observed A − B difference.")
+    if transfer is not None:
+        cols[3].metric("Latent transfer r", f"{transfer.r:.3f}", "condition effect from other cell types", **off)
+
+
+def show_effect(effect: ConditionEffectResult, a: str, b: str, file_name: str) -> None:
+    """Effect in A vs B per gene, the notes, the table of the largest differences and its download."""
+    st.plotly_chart(conditions_figure(effect.table, a, b), key="perturb_conditions_scatter",
+                    config={"displaylogo": False})
+    st.caption(f"{effect.description}. One point per gene, targets left out; highlighted: padj < 0.1 "
+               f"({effect.units} permuted between conditions).")
+    for note in effect.notes:
+        st.info(note, icon=":material/info:")
+    st.dataframe(effect.table.head(N_TABLE_ROWS), hide_index=True, height=320, key="perturb_conditions_table",
+                 column_config={**{c: st.column_config.NumberColumn(c, format="%.4f")
+                                   for c in ("effect_a", "effect_b", "difference")},
+                                **{c: st.column_config.NumberColumn(c, format="%.3g") for c in ("pval", "padj")}})
+    st.caption(f"The {min(N_TABLE_ROWS, len(effect.table))} genes whose effect differs most; the CSV has all.")
+    download_csv(effect.table, "Download the across-conditions table (CSV)", file_name, key="perturb_conditions_csv")
+
+
+def show_conditions(atlas: Atlas, chosen: dict, a: str, b: str) -> None:
+    """Run and show the perturbation in A and B, its reversal score and latent transfer."""
+    params = dict(genes=list(chosen["genes"]), mode=chosen["mode"], strength=chosen["strength"],
+                  method=chosen["method"], cell_type=chosen["cell_type"], condition_a=a, condition_b=b)
+    key = (tuple(chosen.items()), a, b)
+    effect = reversal = None
+    with guard("comparing the perturbation across conditions"):
+        effect = computed("perturb_conditions", key, f"Predicting the perturbation in {a} and in {b}…",
+                          lambda: compare_conditions_effect(atlas, **params))
+    with guard("scoring the reversal"):
+        reversal = computed("perturb_reversal", key, "Scoring the reversal against matched control genes…",
+                            lambda: reversal_score(atlas, **params))
+    transfer = latent_transfer_or_none(atlas, chosen["cell_type"], a, b)
+    condition_metrics(effect, reversal, transfer)
+    left, right = st.columns([1.3, 1], gap="medium")
+    if effect is not None:
+        with left:
+            show_effect(effect, a, b, safe_name("perturb", chosen["mode"], *chosen["genes"], chosen["cell_type"],
+                                                b, "vs", a) + ".csv")
+    if reversal is not None:
+        with right:
+            st.plotly_chart(reversal_figure(reversal), key="perturb_reversal", config={"displaylogo": False})
+            for note in reversal.notes:
+                st.caption(note)
+    for note in transfer.notes if transfer is not None else []:
+        st.caption(note)
+
+
+def conditions_section(atlas: Atlas, chosen: dict) -> None:
+    """Across conditions: pick A and B, and on the button the same perturbation compared in both."""
+    st.subheader("Across conditions")
+    st.caption(f"The same perturbation in '{chosen['cell_type']}' cells of a healthy / reference condition (A) and "
+               "another (B): the difference of its effects with a permutation null, whether it moves B toward A, "
+               "and latent transfer of the condition effect from the other cell types.")
+    picked = condition_pickers(atlas)
+    if picked is None:
+        return
+    if st.button("Compare conditions", icon=":material/compare_arrows:", key="perturb_conditions_run"):
+        st.session_state[CONDITIONS_KEY] = (tuple(chosen.items()), *picked)
+    stored = st.session_state.get(CONDITIONS_KEY)
+    if stored is None or stored[0] != tuple(chosen.items()):
+        st.caption("Pick the two conditions and press **Compare conditions**.")
+        return
+    show_conditions(atlas, chosen, *stored[1:])
+
+
+def additive_section(atlas: Atlas, chosen: dict) -> None:
+    """Combination vs the additive model: the joint prediction against the sum of single-gene ones."""
+    st.subheader("Combination vs the additive model")
+    with guard("predicting each gene alone"):
+        table = computed("perturb_additive", tuple(chosen.items()), "Predicting each gene alone…",
+                         lambda: additive_combination(atlas, list(chosen["genes"]), chosen["mode"],
+                                                      cell_type=chosen["cell_type"], condition=chosen["condition"],
+                                                      strength=chosen["strength"], method=chosen["method"]))
+        st.plotly_chart(additive_figure(table), key="perturb_additive", config={"displaylogo": False})
+        st.caption(f"{table.attrs['spec']} in {table.attrs['n_cells']:,} cells: one point per gene "
+                   "(targets left out); off the dashed line the model predicts more or less than the sum of each "
+                   "gene's own effect.")
+        download_csv(table, "Download joint vs additive (CSV)",
+                     safe_name("perturb", "additive", chosen["mode"], *chosen["genes"], chosen["cell_type"],
+                               chosen["condition"]) + ".csv", key="perturb_additive_csv")
+
+
 def main() -> None:
     """Draw the Perturb page."""
     atlas = current_atlas()
@@ -200,9 +290,16 @@ def main() -> None:
     if chosen is None:
         st.caption("Pick one or more genes and press **Predict**.")
         return
+    result = None
     with guard("predicting the perturbation"):
         result = remembered("perturb", tuple(chosen.items()), lambda: run_perturb(atlas, chosen))
         show_result(result)
+    if result is None or not has_virtual_cell(atlas):
+        return
+    if chosen["cell_type"] is not None:
+        conditions_section(atlas, chosen)
+    if len(chosen["genes"]) >= 2:
+        additive_section(atlas, chosen)
 
 
 main()

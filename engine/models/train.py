@@ -239,7 +239,8 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
              batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-2, seed: int = 0,
              out: str | os.PathLike, resume: bool = True, devices: Any = "auto", strategy: Any = "auto",
              accelerator: str = "auto", val_fraction: float = 0.2, max_cells: int | None = None,
-             num_workers: int | None = None, progress: Progress | None = None, progress_bar: bool = False,
+             cells: np.ndarray | None = None, num_workers: int | None = None, progress: Progress | None = None,
+             progress_bar: bool = False,
              callbacks: Sequence[L.Callback] = (), **model_config) -> Path:
     """Pretrain an encoder on a bundle and write it to ``out/model``.
 
@@ -264,6 +265,9 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
         Fraction of cells held out for validation, as whole donors (:func:`split_by_donor`).
     max_cells
         Train on a seeded random subset of this many cells.
+    cells
+        Train (and validate) only on these atlas rows, e.g. all but a held-out population;
+        ``max_cells`` then subsamples them.
     num_workers
         DataLoader worker processes per rank; ``None``: 0 on CPU, up to 4 with a GPU.
     progress, progress_bar
@@ -291,9 +295,13 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
     report(progress, 0.0, "preparing data")
     L.seed_everything(seed, workers=True, verbose=False)
     gene_pos = resolve_genes(atlas, genes)
-    cells = None
-    if max_cells is not None and max_cells < atlas.n_cells:
-        cells = np.sort(np.random.default_rng(seed).choice(atlas.n_cells, int(max_cells), replace=False))
+    if cells is not None:
+        cells = np.unique(np.asarray(cells, dtype=np.int64))
+        if cells.size < 2 or cells[0] < 0 or cells[-1] >= atlas.n_cells:
+            raise InputError(f"cells must name at least two rows of the atlas's {atlas.n_cells:,} cells.")
+    pool = np.arange(atlas.n_cells) if cells is None else cells
+    if max_cells is not None and max_cells < pool.size:
+        cells = np.sort(np.random.default_rng(seed).choice(pool, int(max_cells), replace=False))
     split = split_by_donor(atlas.obs, atlas.roles.get("donor"), val_fraction, seed=seed, cells=cells)
     config, labels = _model_config(method, atlas, gene_pos, split.train_cells, seed, model_config)
     L.seed_everything(seed, workers=True, verbose=False)

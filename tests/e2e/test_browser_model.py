@@ -42,3 +42,35 @@ def test_perturb_page_runs_the_virtual_cell(page, app_url, screenshot_dir, e2e_b
     assert page.locator(".js-plotly-plot").count() >= 4  # population map, shifts, model vs baselines, arrows
     assert_clean(page)
     screenshot(page, screenshot_dir, "perturb_virtual_cell")
+
+
+def test_perturb_page_compares_a_combination_across_conditions(page, app_url, screenshot_dir, e2e_bundle):
+    from engine.atlas import read_atlas
+    from engine.perturb_conditions import prediction_context
+
+    atlas = read_atlas(e2e_bundle)
+    model_genes = prediction_context(atlas).kept
+    hvg = [atlas.genes.label(int(i)) for i in np.flatnonzero(atlas.var["highly_variable"].to_numpy())]
+    pair = ["ISG15", "IFIT3"] if {"ISG15", "IFIT3"} <= set(model_genes) else [g for g in hvg if g in model_genes][:2]
+    open_page(page, app_url, "perturb")
+    for gene in pair:
+        pick(page, "Genes to perturb", gene)
+    page.keyboard.press("Escape")
+    pick(page, "Cell type", "CD14 Mono")
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("Across conditions", exact=True).wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    pick(page, "Healthy / reference condition (A)", "CTRL")
+    pick(page, "Compared condition (B)", "STIM")
+    page.get_by_role("button", name="Compare conditions").click()
+    page.locator(".js-plotly-plot").filter(has_text="predicted shift in CTRL (A)").wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Reversal score", exact=True).wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    reversal = page.locator('[data-testid="stMetric"]').filter(has_text="Reversal score")
+    assert "matched controls" in reversal.inner_text()
+    assert page.get_by_text("Combination vs the additive model", exact=True).count() == 1
+    assert page.locator(".js-plotly-plot").filter(has_text="Pearson r").count() == 1
+    assert page.get_by_role("button", name="Download the across-conditions table (CSV)").count() == 1
+    assert page.locator(".js-plotly-plot").count() >= 7  # map, shifts, baselines, arrows, A vs B, reversal, additive
+    assert_clean(page)
+    screenshot(page, screenshot_dir, "perturb_across_conditions")
