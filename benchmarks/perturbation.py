@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mdtable import markdown
+
 from engine.perturb import NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec
 from engine.virtual_cell import MODEL_METHOD, load_mae, model_shift, perturb_with_model
 
@@ -123,14 +125,6 @@ def time_population(atlas, n_cells: int = 10_000, n_masks: int = 16, seed: int =
     perturb_with_model(atlas, [atlas.genes.label(int(positions[target]))], "kd", max_cells=n_cells, seed=seed)
     out["whole perturb_with_model call (baselines, landing)"] = time.perf_counter() - start
     return out
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A pipe table of ``frame`` (index included), numbers to 3 decimals."""
-    frame = frame.reset_index()
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * frame.shape[1]]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def real_response(kang: Path, work: Path, epochs: int, seeds: Sequence[int]) -> None:

@@ -41,6 +41,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from mdtable import markdown
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COLUMNS = {"knn_macro_f1": "kNN", "classifier_macro_f1": "classifier"}
 RECON = {"recon_explained_variance": "model", "recon_mean_explained_variance": "gene mean",
@@ -102,13 +104,6 @@ def pretrain_corpus(name: str, sources: dict, genes, work: Path, budget: int, se
     found = "; ".join(f"{r.dataset} {r.cells:,} cells, {r.genes_found} genes" for r in report.itertuples())
     return model, {"corpus": name, "cells": n_cells, "genes": report.attrs["genes_kept"], "epochs": epochs,
                    "pretrain_s": round(seconds, 1), "sources": found}
-
-
-def markdown(frame: pd.DataFrame, index: bool = True) -> str:
-    """A pipe table of ``frame`` (no extra dependency)."""
-    frame = frame.reset_index() if index else frame
-    rows = [list(map(str, frame.columns)), ["---"] * frame.shape[1], *frame.astype(str).values.tolist()]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
