@@ -1,7 +1,9 @@
 """The atlas map and cell breakdowns: colourings, WebGL scatter figures, selections, bar charts.
 
 Every map point carries its true cell position as ``customdata[0]``, so lasso / box
-selections map back to cells even when only a sample of a large atlas is drawn.
+selections map back to cells. Above :data:`MAX_MAP_POINTS` cells the map draws an image of every
+cell (rendered on the server, :func:`engine.raster.rasterise`) under an interactive WebGL sample,
+and lasso / box selections are resolved against every cell's layout position.
 """
 
 from __future__ import annotations
@@ -11,15 +13,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
 from app.components import ACCENT, GREY, ROLE_LABELS, category_colours, role_columns
 from engine.atlas import Atlas
+from engine.raster import points_in_box, points_in_polygon, rasterise
 from engine.selection import SelectionSummary
 
 MAX_MAP_POINTS = 200_000
-"""Above this many cells the interactive map draws a reproducible random sample."""
+"""Above this many cells the interactive map draws a reproducible random sample over an image of all cells.
+
+Read at call time, so tests may monkeypatch it to exercise the large-atlas path on a small bundle."""
+MAP_IMAGE_WIDTH = 800
+"""Width in pixels of the server-side image of every cell (its height follows the layout's aspect)."""
+SAMPLE_OPACITY = 0.55
+"""Opacity of the interactive sample's markers drawn over the image of every cell."""
 MAX_LEGEND = 60
 """Categorical colourings with more values than this are drawn as one trace without a legend."""
 MAX_OVERLAY_POINTS = 50_000
@@ -42,17 +52,27 @@ class Colouring:
         Category → colour; ``None`` for numeric values.
     scale
         Plotly colour scale for numeric values.
+    codes
+        Optional per-cell position of the category in ``colours`` (``-1``: none); derived from
+        ``values`` when not given.
     """
 
     label: str
     values: np.ndarray
     colours: dict[str, str] | None = None
     scale: str | list = NUMERIC_SCALE
+    codes: np.ndarray | None = None
 
     @property
     def categorical(self) -> bool:
         """True for categories, False for a continuous value."""
         return self.colours is not None
+
+    def category_codes(self) -> np.ndarray:
+        """Per cell, the position of its category in ``colours`` (``-1`` for none)."""
+        if self.codes is not None:
+            return self.codes
+        return pd.Categorical(self.values, categories=list(self.colours)).codes
 
 
 @dataclass
@@ -71,7 +91,8 @@ def obs_colouring(atlas: Atlas, column: str) -> Colouring:
     values = atlas.obs[column]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return Colouring(column, values.to_numpy(dtype=np.float64))
-    return Colouring(column, values.astype(str).to_numpy(), category_colours(atlas, column))
+    codes = values.cat.codes.to_numpy() if isinstance(values.dtype, pd.CategoricalDtype) else None
+    return Colouring(column, values.astype(str).to_numpy(), category_colours(atlas, column), codes=codes)
 
 
 def gene_colouring(atlas: Atlas, gene: str) -> Colouring:
@@ -90,16 +111,73 @@ def map_sample(n_cells: int, max_points: int = MAX_MAP_POINTS, seed: int = 0) ->
 
 
 def map_cells(atlas: Atlas) -> np.ndarray:
-    """The cells drawn on this atlas's map (see :func:`map_sample`)."""
-    return map_sample(atlas.n_cells)
+    """The cells drawn as points on this atlas's map (see :func:`map_sample`)."""
+    return map_sample(atlas.n_cells, MAX_MAP_POINTS)
+
+
+def is_sampled(atlas: Atlas) -> bool:
+    """True when the map draws only a sample of the cells as points (over an image of all of them)."""
+    return atlas.n_cells > MAX_MAP_POINTS
 
 
 def map_caption(atlas: Atlas) -> None:
-    """Say when the map shows a sample rather than every cell."""
-    shown = len(map_cells(atlas))
-    if shown < atlas.n_cells:
-        st.caption(f"The map shows a reproducible random sample of {shown:,} of {atlas.n_cells:,} cells for "
-                   "interaction; selections are summarised over the sampled cells.")
+    """Say when the map's points are a sample rather than every cell."""
+    if is_sampled(atlas):
+        st.caption(f"The map is an image of all {atlas.n_cells:,} cells under a reproducible random sample of "
+                   f"{len(map_cells(atlas)):,} for hover; lasso and box selections count every cell.")
+
+
+# --------------------------------------------------------------------------- image of every cell
+def colour_scale(scale: str | list) -> list:
+    """A plotly colour scale (a name or ``[[position, colour], ...]``) as explicit stops."""
+    return plotly.colors.get_colorscale(scale) if isinstance(scale, str) else list(scale)
+
+
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """Finite minimum and maximum of numeric values (``(0, 1)`` when there are none)."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+
+
+def colouring_key(colouring: Colouring | None) -> str:
+    """A cache key naming a colouring (its label and kind)."""
+    if colouring is None:
+        return "density"
+    return f"{'categories' if colouring.categorical else 'values'}:{colouring.label}"
+
+
+def render_cells(atlas: Atlas, colouring: Colouring | None) -> tuple[str, tuple[float, float, float, float]]:
+    """An image of every cell in ``colouring`` (PNG data URI) and the layout extent it spans."""
+    if colouring is None:
+        style = dict(colour=GREY)
+    elif colouring.categorical:
+        style = dict(codes=colouring.category_codes(), colours=list(colouring.colours.values()))
+    else:
+        style = dict(values=colouring.values, scale=colour_scale(colouring.scale),
+                     value_range=value_range(colouring.values))
+    image = rasterise(np.asarray(atlas.layout, dtype=np.float32), width=MAP_IMAGE_WIDTH, **style)
+    return image.to_data_uri(), image.extent
+
+
+@st.cache_data(show_spinner="Drawing every cell…", max_entries=16)
+def _cached_render(bundle: str, n_cells: int, key: str, _atlas: Atlas,
+                   _colouring: Colouring | None) -> tuple[str, tuple[float, float, float, float]]:
+    """:func:`render_cells`, keyed by bundle path, cell count and colouring key (the objects are not hashed)."""
+    return render_cells(_atlas, _colouring)
+
+
+def map_image(atlas: Atlas, colouring: Colouring | None) -> tuple[str, tuple[float, float, float, float]]:
+    """:func:`render_cells`, cached per bundle and colouring across reruns and sessions."""
+    return _cached_render(str(atlas.path), atlas.n_cells, colouring_key(colouring), atlas, colouring)
+
+
+def add_cell_image(fig: go.Figure, atlas: Atlas, colouring: Colouring | None) -> None:
+    """Put the image of every cell under the figure's traces and fix the axes to its extent."""
+    source, (x0, x1, y0, y1) = map_image(atlas, colouring)
+    fig.add_layout_image(source=source, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
+                         xanchor="left", yanchor="top", sizing="stretch", layer="below")
+    fig.update_xaxes(range=[x0, x1], autorange=False)
+    fig.update_yaxes(range=[y0, y1], autorange=False)
 
 
 def _hover(atlas: Atlas, cells: np.ndarray, extra: np.ndarray | None = None,
@@ -177,7 +255,8 @@ def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Seque
     """
     cells = map_cells(atlas)
     xy = atlas.layout
-    size = _marker_size(len(cells))
+    sampled = is_sampled(atlas)
+    size = max(1.5, _marker_size(len(cells)) - 1) if sampled else _marker_size(len(cells))
     fig = go.Figure()
     if colouring is None:
         data, template = _hover(atlas, cells)
@@ -192,7 +271,10 @@ def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Seque
     elif colouring.categorical:
         fig.add_traces(category_traces(atlas, cells, colouring, size))
     else:
-        fig.add_trace(value_trace(atlas, cells, colouring, size))
+        low, high = value_range(colouring.values) if sampled else (None, None)
+        fig.add_trace(value_trace(atlas, cells, colouring, size, cmin=low, cmax=high))
+    if sampled:
+        fig.update_traces(marker_opacity=SAMPLE_OPACITY)
     for overlay in overlays:
         members = np.asarray(overlay.cells, dtype=np.int64)
         if len(cells) < atlas.n_cells and len(members) > MAX_OVERLAY_POINTS:
@@ -210,27 +292,52 @@ def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Seque
         legend=dict(itemsizing="constant", title=dict(text=colouring.label if colouring and colouring.categorical
                                                       else None), bgcolor="rgba(255,255,255,0.7)"),
         hoverlabel=dict(bgcolor="white"))
+    if sampled:
+        add_cell_image(fig, atlas, colouring)
     return fig
 
 
-def show_map(fig: go.Figure, key: str, selectable: bool = True) -> np.ndarray:
-    """Draw a map; with ``selectable``, return the cell positions picked by lasso / box (may be empty)."""
+def show_map(fig: go.Figure, key: str, selectable: bool = True, atlas: Atlas | None = None) -> np.ndarray:
+    """Draw a map; with ``selectable``, return the cell positions picked by lasso / box (may be empty).
+
+    Give ``atlas`` so that, when the map draws only a sample, selections count every cell.
+    """
     config = {"displaylogo": False, "scrollZoom": True}
     if not selectable:
         st.plotly_chart(fig, key=key, config=config)
         return np.empty(0, dtype=np.int64)
     event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("lasso", "box"), config=config)
-    return selected_cells(event)
+    return selected_cells(event, atlas)
 
 
-def selected_cells(event) -> np.ndarray:
-    """Cell positions (``customdata[0]``) of the points in a plotly selection event."""
+def _selection(event) -> dict:
     try:
-        points = event["selection"]["points"]
+        return dict(event["selection"])
     except (KeyError, TypeError):
-        return np.empty(0, dtype=np.int64)
-    cells = [int(p["customdata"][0]) for p in points if p.get("customdata")]
+        return {}
+
+
+def selected_cells(event, atlas: Atlas | None = None) -> np.ndarray:
+    """Cell positions picked by a plotly selection event (sorted, unique).
+
+    With an ``atlas`` whose map draws only a sample, the event's lasso polygons and boxes are
+    resolved against every cell's layout position (their union); otherwise the picked points'
+    ``customdata[0]`` are used.
+    """
+    selection = _selection(event)
+    if atlas is not None and is_sampled(atlas) and (selection.get("lasso") or selection.get("box")):
+        return cells_in_shapes(atlas.layout, selection.get("lasso") or [], selection.get("box") or [])
+    cells = [int(p["customdata"][0]) for p in selection.get("points") or [] if p.get("customdata")]
     return np.unique(np.asarray(cells, dtype=np.int64))
+
+
+def cells_in_shapes(layout: np.ndarray, lassos: Sequence[dict], boxes: Sequence[dict]) -> np.ndarray:
+    """Cells inside any of the lasso polygons / boxes (``{"x": [...], "y": [...]}`` in layout coordinates)."""
+    found = [points_in_polygon(layout, np.column_stack([lasso["x"], lasso["y"]]))
+             for lasso in lassos if len(lasso.get("x") or []) >= 3]
+    found += [points_in_box(layout, box["x"], box["y"]) for box in boxes
+              if len(box.get("x") or []) == 2 and len(box.get("y") or []) == 2]
+    return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- summaries of cells

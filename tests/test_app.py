@@ -281,3 +281,46 @@ def test_compare_explains_too_few_donors_and_keeps_the_other_tabs(covid_annotate
     assert not app.exception and not app.error, texts(app.error)
     de = app.dataframe[0].value.set_index("gene")
     assert de.loc["IFI27", "log2fc"] > 1 and de.loc["IFI27", "padj"] < 0.05
+
+
+def figure_spec(at: AppTest, index: int = 0) -> dict:
+    """The plotly figure of a chart on the current page, as a dict."""
+    return json.loads(charts(at)[index].proto.spec)
+
+
+def test_large_atlas_map_draws_every_cell_under_a_sample(small_bundle, monkeypatch):
+    monkeypatch.setattr("app.maps.MAX_MAP_POINTS", 500)
+    at = start(monkeypatch, small_bundle)
+    assert not at.exception, [e.value for e in at.exception]
+    for step in ("metadata", "gene"):
+        layout = figure_spec(at)["layout"]
+        (image,) = layout["images"]
+        assert image["source"].startswith("data:image/png;base64,") and image["layer"] == "below"
+        assert layout["xaxis"]["range"] == [image["x"], image["x"] + image["sizex"]]
+        points = sum(len(trace["customdata"]) for trace in figure_spec(at)["data"])
+        assert points == 500, step
+        assert "image of all 3,000 cells" in texts(at.caption)
+        if step == "metadata":
+            at.radio(key="explore_mode").set_value("Gene").run()
+            at.selectbox(key="explore_gene").set_value(at.selectbox(key="explore_gene").options[0]).run()
+            assert not at.exception, [e.value for e in at.exception]
+    visit(at, "neighbours")
+
+
+def test_large_atlas_selections_count_every_cell(small_bundle, monkeypatch):
+    from app import maps
+
+    atlas = read_atlas(small_bundle)
+    xy = atlas.layout
+    (x0, y0), (x1, y1) = np.percentile(xy, 20, axis=0), np.percentile(xy, 60, axis=0)
+    inside = np.flatnonzero((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+    box = {"selection": {"points": [{"customdata": [int(inside[0])]}], "box": [{"x": [x1, x0], "y": [y0, y1]}],
+                         "lasso": []}}
+    square = {"x": [x0, x1, x1, x0], "y": [y0, y0, y1, y1]}
+    lasso = {"selection": {"points": [], "box": [], "lasso": [square]}}
+    assert list(maps.selected_cells(box, atlas)) == [inside[0]]  # small atlas: the picked points
+    monkeypatch.setattr(maps, "MAX_MAP_POINTS", 500)
+    np.testing.assert_array_equal(maps.selected_cells(box, atlas), inside)
+    np.testing.assert_array_equal(maps.selected_cells(lasso, atlas), inside)
+    assert len(maps.selected_cells({"selection": {"points": [], "box": [], "lasso": []}}, atlas)) == 0
+    assert len(maps.selected_cells(None, atlas)) == 0

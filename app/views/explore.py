@@ -64,7 +64,7 @@ def main() -> None:
     colouring = colour_controls(atlas)
     map_column, side = st.columns([3, 1.3], gap="medium")
     with map_column:
-        cells = show_map(map_figure(atlas, colouring), key="explore_map")
+        cells = show_map(map_figure(atlas, colouring), key="explore_map", atlas=atlas)
         map_caption(atlas)
     with side:
         selection_panel(atlas, cells)
