@@ -5,23 +5,30 @@ has no cell types) -> UMAP layout -> group summaries -> manifest; with ``--model
 encoder is then pretrained (or loaded) and its embedding becomes the default (engine.embed). Everything is written
 into a temporary directory that is renamed to the bundle path only when every step has
 succeeded, so a failure never leaves a half-written bundle.
+
+The first half (reading, normalising, gene statistics, PCA) runs in memory for small inputs
+(:func:`prepare_in_memory`) and in row blocks for large ones (:mod:`engine.build_stream`,
+chosen by :data:`engine.build_stream.STREAM_MIN_CELLS` or ``BuildOptions.stream``); both
+produce the same bundle.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from engine.atlas import FORMAT, FORMAT_VERSION, gene_hash, provenance
+from engine.embed import check_model_seeds
 from engine.errors import InputError
 from engine.fileio import atomic_dir, write_json, write_npy
 from engine.data.normalise import iter_row_blocks
-from engine.embed import check_model_seeds
 from engine.progress import Progress, report, scaled
 
 BLOCK = 20_000
@@ -43,9 +50,31 @@ class BuildOptions:
     n_landmarks: int = 15_000
     model: str | None = None
     epochs: int = 10
-    model_seeds: int = 1  # masked autoencoders trained with seeds seed..seed+N-1 (mae / gp-mae; engine.embed)
     seed: int = 0
+    model_seeds: int = 1  # masked autoencoders trained with seeds seed..seed+N-1 (mae / gp-mae; engine.embed)
     de: bool = False  # precompute pseudobulk DE into summaries/de/ (engine.pseudobulk; roughly doubles build time)
+    stream: bool | None = None  # read the input in row blocks (engine.build_stream); None: when it is large
+
+
+@dataclass
+class Prepared:
+    """What the first half of a build (in memory or streaming) hands to the second.
+
+    ``embedding`` is the PCA embedding (already written as ``obsm/X_pca.npy``; memory-mapped
+    when streamed); ``summarise(obs)`` and ``finish_store(obs)`` complete the summaries and
+    the expression store once the final cell table (with any clusters) is known.
+    """
+
+    obs: pd.DataFrame
+    genes: pd.DataFrame
+    mapping: dict
+    generated: Any
+    matrix_notes: dict
+    model: Any
+    n_fit: int
+    embedding: np.ndarray
+    summarise: Callable[[pd.DataFrame], Any]
+    finish_store: Callable[[pd.DataFrame], None]
 
 
 def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
@@ -91,18 +120,7 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     -------
     The bundle path.
     """
-    from engine.cluster import leiden_clusters
-    from engine.data.genes import gene_table, is_ensembl, read_gene_map
-    from engine.data.normalise import GeneStats, select_hvg
-    from engine.data.read import read_source
-    from engine.data.schema import harmonise_obs
-    from engine.data.store import write_store
-    from engine.evaluate import knn_label_agreement
-    from engine.index import build_index, save_index
-    from engine.layout import umap_layout
-    from engine.models.checkpoint import save_checkpoint
-    from engine.models.pca import fit_pca
-    from engine.summaries import compute_summaries
+    from engine.build_stream import STREAM_MIN_CELLS, count_cells, prepare_streaming
 
     options = options or BuildOptions()
     check_model_seeds(options.model, options.model_seeds)  # before any work
@@ -112,36 +130,111 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists: choose another --out or pass --overwrite.")
     report(progress, 0.0, "reading input")
+    stream = options.stream if options.stream is not None else count_cells(source) > STREAM_MIN_CELLS
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        prepare = prepare_streaming if stream else prepare_in_memory
+        prepared = prepare(source, options, tmp, scaled(progress, 0.0, 0.3))
+        _finish_bundle(tmp, prepared, source, options, command, progress, overall)
+    report(overall, 1.0, f"bundle written to {out}")
+    return out
+
+
+def prepare_in_memory(source: str | os.PathLike, options: BuildOptions, tmp: Path,
+                      progress: Progress | None = None) -> Prepared:
+    """The first half of a build with the whole matrix in memory (small atlases).
+
+    Reads and harmonises ``source``, normalises, selects genes, fits PCA and writes
+    ``obsm/X_pca.npy`` into ``tmp``; the store is written by ``finish_store``.
+    """
+    from engine.data.normalise import GeneStats
+    from engine.data.read import read_source
+    from engine.data.store import write_store
+    from engine.models.pca import fit_pca
+    from engine.summaries import compute_summaries
+
     adata = read_source(source)
     generated = adata.uns.get("vcell_generated")
+    adata, mapping = harmonise(adata, options)
+    report(progress, 0.15, "normalising")
+    lognorm, counts, matrix_notes = prepare_matrices(adata)
+    stats = GeneStats()
+    for _, block in iter_row_blocks(lognorm, BLOCK):
+        stats.update(block)
+    genes = gene_summary(adata.var, stats, options)
+    obs = clean_obs(adata.obs)
+    del adata
+
+    report(progress, 0.5, "fitting PCA")
+    hvg_idx = np.flatnonzero(genes["highly_variable"].to_numpy())
+    sample = pca_sample(lognorm.shape[0], options)
+    model = fit_pca(lognorm[sample][:, hvg_idx], list(genes.index[hvg_idx]), n_components=options.n_pcs,
+                    seed=options.seed)
+    embedding = np.vstack([model.transform(b[:, hvg_idx]) for _, b in iter_row_blocks(lognorm, BLOCK)])
+    (tmp / "obsm").mkdir()
+    write_npy(tmp / "obsm" / "X_pca.npy", embedding.astype(np.float32))
+
+    def summarise(final_obs: pd.DataFrame):
+        return compute_summaries(final_obs, iter_row_blocks(lognorm, BLOCK), lognorm.shape[1],
+                                 iter_row_blocks(counts, BLOCK) if counts is not None else None)
+
+    def finish_store(final_obs: pd.DataFrame) -> None:
+        write_store(tmp / "store", final_obs, genes, lognorm, counts)
+
+    return Prepared(obs=obs, genes=genes, mapping=mapping, generated=generated, matrix_notes=matrix_notes,
+                    model=model, n_fit=len(sample), embedding=embedding, summarise=summarise,
+                    finish_store=finish_store)
+
+
+def harmonise(adata, options: BuildOptions):
+    """:func:`engine.data.schema.harmonise_obs` with the options' keys; at least 10 cells."""
+    from engine.data.schema import harmonise_obs
+
     adata, mapping = harmonise_obs(adata, cell_type_key=options.cell_type_key,
                                    condition_key=options.condition_key, donor_key=options.donor_key,
                                    batch_key=options.batch_key, reference_condition=options.reference_condition)
     if adata.n_obs < 10:
         raise InputError(f"The input has {adata.n_obs} cells; an atlas needs at least 10.")
-    report(progress, 0.05, "normalising")
-    lognorm, counts, matrix_notes = prepare_matrices(adata)
-    genes = gene_table(adata.var, read_gene_map(options.gene_map) if options.gene_map else None)
-    stats = GeneStats()
-    for _, block in iter_row_blocks(lognorm, BLOCK):
-        stats.update(block)
-    hvg = select_hvg(stats, n_top=options.n_hvg)
-    genes["highly_variable"] = hvg
+    return adata, mapping
+
+
+def gene_table_for(var: pd.DataFrame, options: BuildOptions) -> pd.DataFrame:
+    """The bundle's gene table from the input's var (ids, symbols; no statistics yet)."""
+    from engine.data.genes import gene_table, read_gene_map
+
+    genes = gene_table(var, read_gene_map(options.gene_map) if options.gene_map else None)
+    genes.index = genes.index.astype(str)
+    return genes
+
+
+def gene_summary(var: pd.DataFrame, stats, options: BuildOptions) -> pd.DataFrame:
+    """The gene table with ``highly_variable``, ``mean`` and ``frac_expressing`` from ``stats``."""
+    from engine.data.normalise import select_hvg
+
+    genes = gene_table_for(var, options)
+    genes["highly_variable"] = select_hvg(stats, n_top=options.n_hvg)
     genes["mean"] = stats.mean.astype(np.float32)
     genes["frac_expressing"] = (stats.n_expressing / max(stats.n_cells, 1)).astype(np.float32)
-    genes.index = genes.index.astype(str)
-    obs = _clean_obs(adata.obs)
-    del adata
+    return genes
 
-    report(progress, 0.15, "fitting PCA")
+
+def pca_sample(n: int, options: BuildOptions) -> np.ndarray:
+    """The sorted, reproducible sample of cells PCA is fitted on."""
     rng = np.random.default_rng(options.seed)
-    n = lognorm.shape[0]
-    hvg_idx = np.flatnonzero(hvg)
-    sample = np.sort(rng.choice(n, min(n, options.pca_sample), replace=False))
-    model = fit_pca(lognorm[sample][:, hvg_idx], list(genes.index[hvg_idx]), n_components=options.n_pcs,
-                    seed=options.seed)
-    embedding = np.vstack([model.transform(b[:, hvg_idx]) for _, b in iter_row_blocks(lognorm, BLOCK)])
+    return np.sort(rng.choice(n, min(n, options.pca_sample), replace=False))
 
+
+def _finish_bundle(tmp: Path, prepared: Prepared, source, options: BuildOptions, command: str | None,
+                   progress: Progress | None, overall: Progress | None) -> None:
+    """Index, clusters, layout, store, summaries, tables and manifest: the second half of a build."""
+    from engine.cluster import leiden_clusters
+    from engine.data.genes import is_ensembl
+    from engine.evaluate import knn_label_agreement
+    from engine.index import build_index, save_index
+    from engine.layout import umap_layout
+    from engine.models.checkpoint import save_checkpoint
+
+    obs, genes, model, embedding = prepared.obs, prepared.genes, prepared.model, prepared.embedding
+    mapping, hvg, n = prepared.mapping, genes["highly_variable"].to_numpy(), len(embedding)
     report(progress, 0.3, "building FAISS index")
     index, index_info = build_index(embedding, seed=options.seed)
     roles = {"cell_type": "cell_type" if "cell_type" in obs else None,
@@ -161,67 +254,62 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
                             "note": "no cell-type labels in the input; clusters stand in until label transfer"}
 
     report(progress, 0.45, "computing the UMAP layout")
+    coords = np.lib.format.open_memmap(tmp / "obsm" / "X_umap.npy", mode="w+", dtype=np.float32, shape=(n, 2))
     coords, layout_params = umap_layout(embedding, n_landmarks=options.n_landmarks, seed=options.seed,
-                                        progress=scaled(progress, 0.45, 0.75))
+                                        progress=scaled(progress, 0.45, 0.75), out=coords)
+    coords.flush()
+    del coords
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        report(progress, 0.75, "writing the expression store")
-        write_store(tmp / "store", obs, genes, lognorm, counts)
-        report(progress, 0.85, "summarising groups")
-        summaries = compute_summaries(obs, iter_row_blocks(lognorm, BLOCK), lognorm.shape[1],
-                                      iter_row_blocks(counts, BLOCK) if counts is not None else None)
-        summaries.save(tmp / "summaries")
-        obs.to_parquet(tmp / "cells.parquet")
-        genes.to_parquet(tmp / "genes.parquet")
-        (tmp / "obsm").mkdir()
-        write_npy(tmp / "obsm" / "X_pca.npy", embedding.astype(np.float32))
-        write_npy(tmp / "obsm" / "X_umap.npy", coords)
-        (tmp / "index").mkdir()
-        save_index(index, tmp / "index" / "X_pca.faiss")
-        save_checkpoint(tmp / "model", model.to_checkpoint())
-        report(progress, 0.95, "writing the manifest")
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "n_cells": int(n),
-            "n_genes": int(lognorm.shape[1]),
-            "gene_hash": gene_hash(list(genes.index)),
-            "genes": {"index": "ensembl" if all(map(is_ensembl, genes.index)) else "symbol",
-                      "with_ensembl_id": int(genes["gene_id"].notna().sum()),
-                      "with_symbol": int(genes["gene_symbol"].notna().sum())},
-            "roles": roles,
-            "harmonisation": {**mapping, "cell_type": cell_type_source},
-            "reference_condition": mapping.get("reference_condition"),
-            "matrices": matrix_notes,
-            "normalisation": {"target_sum": 1e4, "log1p": True},
-            "hvg": {"n_top": int(hvg.sum()), "flavor": "seurat dispersion, 20 mean bins"},
-            "embedding": {"default": "X_pca", "available": ["X_pca"]},
-            "model": {"name": "pca", "n_components": model.n_components,
-                      "explained_variance": float(model.explained_variance_ratio.sum()),
-                      "fit_cells": int(len(sample)), "genes": "highly_variable", "seed": options.seed},
-            "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info.to_dict()},
-            "layout": {"embedding": "X_pca", **layout_params},
-            "quality": quality,
-            "provenance": provenance(str(source), command, generated),
-        }
+    report(progress, 0.75, "writing the expression store")
+    prepared.finish_store(obs)
+    report(progress, 0.85, "summarising groups")
+    prepared.summarise(obs).save(tmp / "summaries")
+    obs.to_parquet(tmp / "cells.parquet")
+    genes.to_parquet(tmp / "genes.parquet")
+    (tmp / "index").mkdir()
+    save_index(index, tmp / "index" / "X_pca.faiss")
+    save_checkpoint(tmp / "model", model.to_checkpoint())
+    report(progress, 0.95, "writing the manifest")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "n_cells": int(n),
+        "n_genes": int(len(genes)),
+        "gene_hash": gene_hash(list(genes.index)),
+        "genes": {"index": "ensembl" if all(map(is_ensembl, genes.index)) else "symbol",
+                  "with_ensembl_id": int(genes["gene_id"].notna().sum()),
+                  "with_symbol": int(genes["gene_symbol"].notna().sum())},
+        "roles": roles,
+        "harmonisation": {**mapping, "cell_type": cell_type_source},
+        "reference_condition": mapping.get("reference_condition"),
+        "matrices": prepared.matrix_notes,
+        "normalisation": {"target_sum": 1e4, "log1p": True},
+        "hvg": {"n_top": int(hvg.sum()), "flavor": "seurat dispersion, 20 mean bins"},
+        "embedding": {"default": "X_pca", "available": ["X_pca"]},
+        "model": {"name": "pca", "n_components": model.n_components,
+                  "explained_variance": float(model.explained_variance_ratio.sum()),
+                  "fit_cells": int(prepared.n_fit), "genes": "highly_variable", "seed": options.seed},
+        "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info.to_dict()},
+        "layout": {"embedding": "X_pca", **layout_params},
+        "quality": quality,
+        "provenance": provenance(str(source), command, prepared.generated),
+    }
+    write_json(tmp / "manifest.json", manifest)
+    if options.de and prepared.matrix_notes.get("counts") is not None:
+        from engine.atlas import Atlas
+        from engine.pseudobulk import precompute_de
+
+        precompute_de(Atlas(tmp), progress=scaled(progress, 0.95, 0.995))
+    if options.model:
+        from engine.embed import add_learned_embedding
+
+        manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
+                                         n_seeds=options.model_seeds, n_landmarks=options.n_landmarks,
+                                         progress=scaled(overall, 0.4, 0.995))
         write_json(tmp / "manifest.json", manifest)
-        if options.de and counts is not None:
-            from engine.atlas import Atlas
-            from engine.pseudobulk import precompute_de
-
-            precompute_de(Atlas(tmp), progress=scaled(progress, 0.95, 0.995))
-        if options.model:
-            from engine.embed import add_learned_embedding
-
-            manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
-                                             n_seeds=options.model_seeds, n_landmarks=options.n_landmarks,
-                                             progress=scaled(overall, 0.4, 0.995))
-            write_json(tmp / "manifest.json", manifest)
-    report(overall, 1.0, f"bundle written to {out}")
-    return out
 
 
-def _clean_obs(obs: pd.DataFrame) -> pd.DataFrame:
+def clean_obs(obs: pd.DataFrame) -> pd.DataFrame:
     """A parquet-safe copy: string index, text columns as categoricals of str."""
     obs = obs.copy()
     obs.index = obs.index.astype(str)

@@ -19,6 +19,11 @@ from engine.fileio import atomic_path
 from engine.progress import Progress, report
 
 EXACT_LIMIT = 200_000
+TRAIN_PER_LIST = 64
+"""IVF k-means training vectors per list (FAISS warns below 39; more mostly costs time: 256 per list
+spent most of a 1M-cell build's four index minutes training)."""
+CHUNK = 100_000
+"""Vectors checked, added and scanned at a time (a memory-mapped embedding is never loaded whole)."""
 
 
 @dataclass
@@ -87,7 +92,7 @@ def build_index(embedding: np.ndarray, *, factory: str | None = None, metric: st
     x = np.ascontiguousarray(embedding, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise InputError("Cannot index an empty embedding: the atlas has no cells.")
-    if not np.isfinite(x).all():
+    if not all(np.isfinite(x[start:start + CHUNK]).all() for start in range(0, len(x), CHUNK)):
         raise InputError("The embedding contains NaN or infinite values: check the input data and model.")
     n, dim = x.shape
     factory = factory or choose_factory(n, dim)
@@ -96,12 +101,11 @@ def build_index(embedding: np.ndarray, *, factory: str | None = None, metric: st
     rng = np.random.default_rng(seed)
     if not index.is_trained:
         report(progress, 0.05, f"training {factory}")
-        n_train = min(n, 256 * max(getattr(faiss.extract_index_ivf(index), "nlist", 1), 1))
+        n_train = min(n, TRAIN_PER_LIST * max(getattr(faiss.extract_index_ivf(index), "nlist", 1), 1))
         index.train(x[np.sort(rng.choice(n, n_train, replace=False))])
-    chunk = 100_000
-    for start in range(0, n, chunk):
+    for start in range(0, n, CHUNK):
         report(progress, 0.1 + 0.7 * start / n, f"adding vectors to {factory}")
-        index.add(x[start:start + chunk])
+        index.add(np.ascontiguousarray(x[start:start + CHUNK]))
     if "IVF" in factory:
         info.nprobe, info.recall_at_10 = _tune_nprobe(index, x, metric, target_recall, rng)
     report(progress, 1.0, "index built")
@@ -112,10 +116,8 @@ def _tune_nprobe(index, x: np.ndarray, metric: str, target: float, rng) -> tuple
     """Double ``nprobe`` until recall@10 against exact search reaches ``target``."""
     import faiss
 
-    queries = x[rng.choice(len(x), min(len(x), 1000), replace=False)]
-    exact = faiss.IndexFlat(x.shape[1], _metric(metric))
-    exact.add(x)
-    _, truth = exact.search(queries, 10)
+    queries = np.ascontiguousarray(x[rng.choice(len(x), min(len(x), 1000), replace=False)])
+    truth = exact_neighbours(x, queries, 10, metric)
     ivf = faiss.extract_index_ivf(index)
     nprobe, recall = 1, 0.0
     while nprobe <= ivf.nlist:
@@ -126,6 +128,19 @@ def _tune_nprobe(index, x: np.ndarray, metric: str, target: float, rng) -> tuple
             break
         nprobe *= 2
     return ivf.nprobe, recall
+
+
+def exact_neighbours(x: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2") -> np.ndarray:
+    """Ids of the exact ``k`` nearest rows of ``x`` for each query, scanning ``x`` in chunks."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=metric == "ip")
+    for start in range(0, len(x), CHUNK):
+        distances, ids = faiss.knn(queries, np.ascontiguousarray(x[start:start + CHUNK]), min(k, len(x) - start),
+                                   metric=_metric(metric))
+        heap.add_result(distances, np.where(ids >= 0, ids + start, -1))
+    heap.finalize()
+    return heap.I
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -121,26 +121,56 @@ def compute_summaries(obs: pd.DataFrame, lognorm_blocks: Iterable[tuple[int, sp.
     count_blocks
         The same for raw counts, or ``None``.
     """
-    codes, groups = group_codes(obs)
-    n_groups = len(groups)
-    total = np.zeros((n_groups, n_genes))
-    total_sq = np.zeros((n_groups, n_genes))
-    expressing = np.zeros((n_groups, n_genes), dtype=np.int64)
+    accumulator = SummaryAccumulator(obs, n_genes, with_counts=count_blocks is not None)
     for start, block in lognorm_blocks:
-        indicator = _indicator(codes[start:start + block.shape[0]], n_groups)
+        accumulator.add_lognorm(start, block)
+    for start, block in count_blocks if count_blocks is not None else ():
+        accumulator.add_counts(start, block)
+    return accumulator.result()
+
+
+class SummaryAccumulator:
+    """:class:`Summaries` accumulated block by block, in any order (for single-pass builds).
+
+    Parameters
+    ----------
+    obs
+        Harmonised cell table (CELLxGENE column names).
+    n_genes
+        Number of genes (block width).
+    with_counts
+        Raw-count blocks will be added (pseudobulk).
+    """
+
+    def __init__(self, obs: pd.DataFrame, n_genes: int, with_counts: bool = False):
+        self._codes, self._groups = group_codes(obs)
+        n_groups = len(self._groups)
+        self._total = np.zeros((n_groups, n_genes))
+        self._total_sq = np.zeros((n_groups, n_genes))
+        self._expressing = np.zeros((n_groups, n_genes), dtype=np.int64)
+        self._pseudobulk = np.zeros((n_groups, n_genes)) if with_counts else None
+
+    def add_lognorm(self, start: int, block: sp.spmatrix) -> None:
+        """Add log-normalised values of the cells ``start .. start + len(block)``."""
+        indicator = self._indicator(start, block.shape[0])
         block = sp.csr_matrix(block, dtype=np.float64)
-        total += (indicator @ block).toarray()
-        total_sq += (indicator @ block.multiply(block)).toarray()
-        expressing += (indicator @ (block != 0).astype(np.float64)).toarray().astype(np.int64)
-    pseudobulk = None
-    if count_blocks is not None:
-        pseudobulk = np.zeros((n_groups, n_genes))
-        for start, block in count_blocks:
-            indicator = _indicator(codes[start:start + block.shape[0]], n_groups)
-            pseudobulk += (indicator @ sp.csr_matrix(block, dtype=np.float64)).toarray()
-    groups["n_cells"] = np.bincount(codes, minlength=n_groups).astype(np.int64)
-    return Summaries(groups=groups, sum=np.asarray(total), sum_sq=np.asarray(total_sq),
-                     n_expressing=np.asarray(expressing), counts=pseudobulk)
+        self._total += (indicator @ block).toarray()
+        self._total_sq += (indicator @ block.multiply(block)).toarray()
+        self._expressing += (indicator @ (block != 0).astype(np.float64)).toarray().astype(np.int64)
+
+    def add_counts(self, start: int, block: sp.spmatrix) -> None:
+        """Add raw counts of the cells ``start .. start + len(block)``."""
+        self._pseudobulk += (self._indicator(start, block.shape[0]) @ sp.csr_matrix(block, dtype=np.float64)).toarray()
+
+    def result(self) -> Summaries:
+        """The summaries of every block added."""
+        groups = self._groups.copy()
+        groups["n_cells"] = np.bincount(self._codes, minlength=len(groups)).astype(np.int64)
+        return Summaries(groups=groups, sum=np.asarray(self._total), sum_sq=np.asarray(self._total_sq),
+                         n_expressing=np.asarray(self._expressing), counts=self._pseudobulk)
+
+    def _indicator(self, start: int, n_rows: int) -> sp.csr_matrix:
+        return _indicator(self._codes[start:start + n_rows], len(self._groups))
 
 
 def _indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from engine import __version__
 from engine.data.synth_model import SOURCE, SynthModel, build_model, reference_profiles, slug
 from engine.data.synth_sample import Block, Sampler, block_size
+from engine.data.store import soma_global_order
 from engine.data.synth_truth import write_truth
 from engine.errors import GeneNotFoundError, InputError, suggest
 from engine.fileio import atomic_dir, write_json
@@ -249,9 +250,7 @@ class _SomaWriter:
         rows = np.repeat(np.arange(start, start + n, dtype=np.int64), per_row)
         cols = np.concatenate([piece.indices for piece in pieces], dtype=np.int64)
         data = np.concatenate([piece.data for piece in pieces])
-        if m.n_genes > self.tile[1]:  # several column tiles: sort into the global (tile-major) order
-            order = np.lexsort((cols, rows, cols // self.tile[1], rows // self.tile[0]))
-            rows, cols, data = rows[order], cols[order], data[order]
+        rows, cols, data = soma_global_order(rows, cols, data, self.tile)
         self.counts.write(pa.table({"soma_dim_0": rows, "soma_dim_1": cols, "soma_data": data}),
                           platform_config={"tiledb": {"write": {"sort_coords": False}}})
 

@@ -150,18 +150,32 @@ def choose_counts(adata: ad.AnnData) -> tuple[sp.csr_matrix | None, str]:
     InputError
         The counts found hold NaN, infinite or negative values.
     """
+    label, matrix, description = find_counts(matrix_candidates(adata, COUNTS_LAYERS))
+    if matrix is None:
+        return None, description
+    counts = to_csr(matrix)
+    check_counts(counts, obs_names=adata.obs_names, name=label)
+    return counts, label
+
+
+def find_counts(candidates: list[tuple[str, Any]]) -> tuple[str | None, Any, str]:
+    """The first of ``candidates`` (``(label, matrix)`` pairs) that holds raw counts, not loaded.
+
+    Returns
+    -------
+    label, matrix, description
+        ``(label, matrix, label)`` for the counts found, or ``(None, None, reason)``.
+    """
     kinds = []
-    for label, matrix in _candidates(adata, COUNTS_LAYERS):
+    for label, matrix in candidates:
         kind = detect_matrix_kind(matrix)
         kinds.append((label, kind))
         if kind == "counts":
-            counts = to_csr(matrix)
-            check_counts(counts, obs_names=adata.obs_names, name=label)
-            return counts, label
+            return label, matrix, label
     if not kinds:
-        return None, "the atlas has no expression matrix"
+        return None, None, "the atlas has no expression matrix"
     described = "; ".join(f"{label} is {_KIND_WORDS[kind]}" for label, kind in kinds)
-    return None, f"{described}; no raw counts"
+    return None, None, f"{described}; no raw counts"
 
 
 def choose_lognorm(adata: ad.AnnData, target_sum: float = TARGET_SUM) -> tuple[sp.csr_matrix, str]:
@@ -184,20 +198,35 @@ def choose_lognorm(adata: ad.AnnData, target_sum: float = TARGET_SUM) -> tuple[s
     counts, where = choose_counts(adata)
     if counts is not None:
         return normalise_log1p(counts, target_sum), f"log1p of {where} normalised to {target_sum:,.0f} per cell"
-    order = [(label, m) for label, m in _candidates(adata, LOGNORM_LAYERS, layers_first=False)]
-    for label, matrix in order:
-        if detect_matrix_kind(matrix) != "lognorm":
-            continue
-        values = to_csr(matrix)
-        check_counts(values, obs_names=adata.obs_names, name=label, what="normalised values")
-        if looks_logged(values):
-            return values, f"{label} (already log-normalised)"
-        return normalise_log1p(values, target_sum), f"log1p of {label} (normalised, not logged) rescaled to " \
-                                                     f"{target_sum:,.0f} per cell"
-    if not order:
+    label, matrix = find_lognorm(matrix_candidates(adata, LOGNORM_LAYERS, layers_first=False))
+    values = to_csr(matrix)
+    check_counts(values, obs_names=adata.obs_names, name=label, what="normalised values")
+    logged = looks_logged(values)
+    return (values if logged else normalise_log1p(values, target_sum)), lognorm_description(label, logged, target_sum)
+
+
+def find_lognorm(candidates: list[tuple[str, Any]]) -> tuple[str, Any]:
+    """The first of ``candidates`` holding normalised (non-negative, non-integer) values, not loaded.
+
+    Raises
+    ------
+    InputError
+        Only scaled values (negative numbers) exist, or no matrix at all.
+    """
+    for label, matrix in candidates:
+        if detect_matrix_kind(matrix) == "lognorm":
+            return label, matrix
+    if not candidates:
         raise InputError("The atlas has no expression matrix in X, .raw or layers: give a file with raw counts.")
     raise InputError("X holds scaled values (negative numbers) and there are no raw counts in layers['counts'] "
                      "or .raw: give the file with raw counts.")
+
+
+def lognorm_description(label: str, logged: bool, target_sum: float = TARGET_SUM) -> str:
+    """How log-normalised values were obtained from the normalised matrix ``label``."""
+    if logged:
+        return f"{label} (already log-normalised)"
+    return f"log1p of {label} (normalised, not logged) rescaled to {target_sum:,.0f} per cell"
 
 
 def normalise_log1p(counts_block: Any, target_sum: float = TARGET_SUM) -> sp.csr_matrix:
@@ -394,9 +423,9 @@ def normalised_dispersion(stats: GeneStats, n_bins: int = 20, eligible: np.ndarr
 _KIND_WORDS = {"lognorm": "log-normalised", "scaled": "scaled (negative values)", "counts": "counts"}
 
 
-def _candidates(adata: ad.AnnData, layer_names: tuple[str, ...],
+def matrix_candidates(adata: ad.AnnData, layer_names: tuple[str, ...],
                 layers_first: bool = True) -> list[tuple[str, Any]]:
-    """(label, matrix) pairs aligned with ``adata.var_names``: layers, .raw, X (or X, .raw, layers)."""
+    """(label, matrix) pairs aligned with ``adata.var_names``: layers, .raw, X (or X, .raw, layers); nothing is loaded."""
     layers = [(f"layers['{name}']", adata.layers[name]) for name in layer_names if name in adata.layers]
     raw = []
     if adata.raw is not None:

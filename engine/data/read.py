@@ -41,6 +41,7 @@ def read_source(
     backed: bool | None = None,
     measurement: str = "RNA",
     layer: str | None = None,
+    load_x: bool = True,
 ) -> ad.AnnData:
     """Read an atlas from a file, directory or URI.
 
@@ -54,12 +55,16 @@ def read_source(
         ``None`` backs files larger than 40% of available memory. Ignored for other sources.
     measurement, layer
         For SOMA sources: the measurement and X layer (see :func:`read_soma`).
+    load_x
+        For SOMA sources: ``False`` reads obs and var only (``X`` is ``None``; the layer chosen
+        is still recorded, for a row-block reader such as :mod:`engine.data.blocks`).
 
     Returns
     -------
     anndata.AnnData
         Generator output carries its parsed ``generated.json`` in ``uns["vcell_generated"]``.
-        Every result records where it came from in ``uns["vcell_source"]``.
+        Every result records where it came from in ``uns["vcell_source"]`` (generator output
+        also the inner store's record under ``"store"``).
 
     Raises
     ------
@@ -69,12 +74,12 @@ def read_source(
     """
     text = os.fspath(path_or_uri)
     if _URI.match(text) and not text.startswith("file://"):
-        return read_soma(text, measurement=measurement, layer=layer)
+        return read_soma(text, measurement=measurement, layer=layer, load_x=load_x)
     path = Path(text.removeprefix("file://")).expanduser()
     if not path.exists():
         raise InputError(f"'{path}' does not exist: check the path; give {SUPPORTED}.")
     if path.is_dir():
-        return _read_directory(path, backed=backed, measurement=measurement, layer=layer)
+        return _read_directory(path, backed=backed, measurement=measurement, layer=layer, load_x=load_x)
     suffix = path.suffix.lower()
     if suffix == ".h5ad":
         return _read_h5ad(path, backed)
@@ -89,6 +94,7 @@ def read_soma(
     layer: str | None = None,
     obs_value_filter: str | None = None,
     obs_coords: Any = None,
+    load_x: bool = True,
 ) -> ad.AnnData:
     """Read (part of) a TileDB-SOMA experiment into memory.
 
@@ -104,6 +110,8 @@ def read_soma(
         SOMA value filter on obs, e.g. ``"disease == 'normal'"``.
     obs_coords
         obs ``soma_joinid`` values (int, sequence, array or slice) to read.
+    load_x
+        ``False``: read obs and var only (``X`` is ``None``).
 
     Returns
     -------
@@ -138,7 +146,7 @@ def read_soma(
             ) as query:
                 with warnings.catch_warnings():  # "Transforming to str index": we set the index below
                     warnings.simplefilter("ignore", ad.ImplicitModificationWarning)
-                    adata = query.to_anndata(X_name=layer)
+                    adata = query.to_anndata(X_name=layer if load_x else None)
         except (soma.SOMAError, ValueError) as err:
             raise InputError(f"The obs filter {obs_value_filter!r} could not be applied to '{text}' "
                              f"({_first_line(err)}): use obs column names and quoted values, e.g. "
@@ -257,12 +265,13 @@ def available_memory() -> int:
         return 8 * 1024**3
 
 
-def _read_directory(path: Path, *, backed: bool | None, measurement: str, layer: str | None) -> ad.AnnData:
+def _read_directory(path: Path, *, backed: bool | None, measurement: str, layer: str | None,
+                    load_x: bool = True) -> ad.AnnData:
     if (path / GENERATED_JSON).is_file():
-        return _read_generated(path, backed=backed, measurement=measurement, layer=layer)
+        return _read_generated(path, backed=backed, measurement=measurement, layer=layer, load_x=load_x)
     kind = _soma_type(path)
     if kind == "SOMAExperiment":
-        return read_soma(path, measurement=measurement, layer=layer)
+        return read_soma(path, measurement=measurement, layer=layer, load_x=load_x)
     if _is_anndata_zarr(path):
         adata = ad.read_zarr(path)
         adata.uns["vcell_source"] = {"kind": "zarr", "path": str(path)}
@@ -274,21 +283,22 @@ def _read_directory(path: Path, *, backed: bool | None, measurement: str, layer:
                      f"(no {GENERATED_JSON}): give {SUPPORTED}.")
 
 
-def _read_generated(path: Path, *, backed: bool | None, measurement: str, layer: str | None) -> ad.AnnData:
+def _read_generated(path: Path, *, backed: bool | None, measurement: str, layer: str | None,
+                    load_x: bool = True) -> ad.AnnData:
     try:
         info = json.loads((path / GENERATED_JSON).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"'{path / GENERATED_JSON}' is not valid JSON ({err}): regenerate the atlas with "
                          "`vcell generate`.") from None
     if (path / "atlas.soma").is_dir():
-        adata = read_soma(path / "atlas.soma", measurement=measurement, layer=layer)
+        adata = read_soma(path / "atlas.soma", measurement=measurement, layer=layer, load_x=load_x)
     elif (path / "atlas.h5ad").is_file():
         adata = _read_h5ad(path / "atlas.h5ad", backed)
     else:
         raise InputError(f"Generator output '{path}' has {GENERATED_JSON} but no atlas.soma/ or atlas.h5ad: "
                          "regenerate it with `vcell generate`.")
     adata.uns["vcell_generated"] = info
-    adata.uns["vcell_source"] = {"kind": "generated", "path": str(path)}
+    adata.uns["vcell_source"] = {"kind": "generated", "path": str(path), "store": adata.uns.get("vcell_source")}
     return adata
 
 

@@ -13,6 +13,7 @@ Two layouts sit side by side (DESIGN.md, "The contract"):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from functools import cached_property
@@ -67,6 +68,139 @@ def write_gene_major(path: Path, matrix: sp.spmatrix) -> None:
     write_npy(path / "indptr.npy", csc.indptr.astype(np.int64))
     write_npy(path / "indices.npy", csc.indices.astype(np.int32 if csc.shape[0] < 2**31 else np.int64))
     write_npy(path / "data.npy", csc.data.astype(np.float32))
+
+
+class StoreWriter:
+    """Write an expression store block by block (the streaming counterpart of :func:`write_store`).
+
+    The SOMA experiment (obs, var, empty X layers of the full shape) is created at once;
+    :meth:`write` appends a block of rows to every layer. The gene-major copy is written by
+    :class:`GeneMajorWriter`, which needs the per-gene counts of stored values first.
+
+    Parameters
+    ----------
+    path
+        The store directory to create.
+    obs, var
+        Cell and gene tables (row order = matrix order).
+    with_counts
+        Create the ``counts`` layer too.
+    """
+
+    def __init__(self, path: str | os.PathLike, obs: pd.DataFrame, var: pd.DataFrame, with_counts: bool):
+        import pyarrow as pa
+        import tiledbsoma
+        import tiledbsoma.io
+
+        self.path = Path(path)
+        self.path.mkdir(parents=True)
+        uri = str(self.path / "soma")
+        tiledbsoma.io.from_anndata(uri, ad.AnnData(obs=_soma_safe(obs), var=_soma_safe(var)),
+                                   measurement_name=MEASUREMENT, X_layer_name=LOGNORM)
+        # Blocks are written in TileDB's global order (soma_global_order), so TileDB's own sort and
+        # order / duplicate checks (most of the write time) are skipped.
+        self._experiment = tiledbsoma.Experiment.open(uri, "w", context=tiledbsoma.SOMATileDBContext(
+            tiledb_config={"sm.check_global_order": "false", "sm.check_coord_dups": "false",
+                           "sm.check_coord_oob": "false"}))
+        collection = self._experiment.ms[MEASUREMENT].X
+        shape = (len(obs), len(var))
+        self._arrays = {name: collection.add_new_sparse_ndarray(name, type=pa.float32(), shape=shape)
+                        for name in ((LOGNORM, COUNTS) if with_counts else (LOGNORM,))}
+        dims = json.loads(self._arrays[LOGNORM].schema_config_options().dims)
+        self._tile = (int(dims["soma_dim_0"]["tile"]), int(dims["soma_dim_1"]["tile"]))
+        self._pa = pa
+
+    def write(self, start: int, blocks: dict[str, sp.csr_matrix]) -> None:
+        """Append ``{layer: block}`` for the cells ``start .. start + len(block)``."""
+        for name, block in blocks.items():
+            block = sp.csr_matrix(block, dtype=np.float32)
+            block.sum_duplicates()  # canonical: sorted columns within rows, no duplicates
+            rows = np.repeat(np.arange(start, start + block.shape[0], dtype=np.int64), np.diff(block.indptr))
+            rows, cols, data = soma_global_order(rows, block.indices.astype(np.int64), block.data, self._tile)
+            self._arrays[name].write(self._pa.table({"soma_dim_0": rows, "soma_dim_1": cols, "soma_data": data}),
+                                     platform_config={"tiledb": {"write": {"sort_coords": False}}})
+
+    def update_axes(self, obs: pd.DataFrame | None, var: pd.DataFrame | None) -> None:
+        """Replace the cell and / or gene table (columns added since, e.g. clusters, gene statistics)."""
+        import tiledbsoma.io
+
+        if obs is not None:
+            tiledbsoma.io.update_obs(self._experiment, _soma_safe(obs))
+        if var is not None:
+            tiledbsoma.io.update_var(self._experiment, _soma_safe(var), measurement_name=MEASUREMENT)
+
+    def close(self) -> None:
+        """Close the experiment."""
+        for array in self._arrays.values():
+            array.close()
+        self._experiment.close()
+
+
+class GeneMajorWriter:
+    """Write the gene-major CSC copy (:func:`write_gene_major`) from row blocks in row order.
+
+    ``indptr`` comes from the per-gene counts of stored values; ``indices`` and ``data`` are
+    ``.npy`` files memory-mapped only while a block is scattered into them, each gene's slice
+    filled at its own cursor, so memory stays at one block.
+
+    Parameters
+    ----------
+    path
+        The ``by_gene`` directory to create.
+    nnz_per_gene
+        Stored values per gene over all cells.
+    n_cells
+        Number of cells (chooses the index dtype as :func:`write_gene_major` does).
+    """
+
+    def __init__(self, path: Path, nnz_per_gene: np.ndarray, n_cells: int):
+        self.path = Path(path)
+        self.path.mkdir(parents=True)
+        self._indptr = np.concatenate([[0], np.cumsum(nnz_per_gene, dtype=np.int64)]).astype(np.int64)
+        self._cursor = self._indptr[:-1].copy()
+        write_npy(self.path / "indptr.npy", self._indptr)
+        total = int(self._indptr[-1])
+        index_dtype = np.int32 if n_cells < 2**31 else np.int64
+        for name, dtype in (("indices", index_dtype), ("data", np.float32)):
+            if total == 0:
+                write_npy(self.path / f"{name}.npy", np.zeros(0, dtype=dtype))
+            else:
+                np.lib.format.open_memmap(self.path / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,)).flush()
+
+    def write(self, start: int, block: sp.csr_matrix) -> None:
+        """Add the cells ``start .. start + len(block)`` (blocks must come in row order)."""
+        csc = sp.csc_matrix(block, dtype=np.float32)
+        csc.sort_indices()
+        per_gene = np.diff(csc.indptr)
+        if csc.nnz == 0:
+            return
+        if np.any(self._cursor + per_gene > self._indptr[1:]):
+            raise ValueError("a block has more values for some gene than the per-gene counts given")
+        target = np.repeat(self._cursor - csc.indptr[:-1], per_gene) + np.arange(csc.nnz)
+        for name, values in (("indices", csc.indices.astype(np.int64) + start), ("data", csc.data)):
+            mapped = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r+")
+            mapped[target] = values
+            mapped.flush()
+            del mapped  # unmapped after each block: written pages do not accumulate in this process
+        self._cursor += per_gene
+
+    def close(self) -> None:
+        """Check that every gene's slice was filled."""
+        if not np.array_equal(self._cursor, self._indptr[1:]):
+            raise ValueError("the blocks written do not match the per-gene counts given")
+
+
+def soma_global_order(rows: np.ndarray, cols: np.ndarray, data: np.ndarray,
+                      tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Put row-major COO (columns sorted within rows) into TileDB's global (tile-major) order.
+
+    Row-major order already is the global order when the columns fit one tile (``tile`` is the
+    ``(row, column)`` tile extent of a SOMA sparse array); otherwise the entries are sorted.
+    """
+    if cols.size and int(cols.max()) >= tile[1]:
+        order = np.lexsort((cols, rows, cols // tile[1], rows // tile[0]))
+        return rows[order], cols[order], data[order]
+    return rows, cols, data
 
 
 def _soma_safe(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,121 @@
+"""Scale benchmark of ``vcell build``: wall time and peak memory per step on generated atlases.
+
+    python benchmarks/scale.py --cells 200000,1000000 --work /tmp/scale
+
+Generates ``WORK/gen_N`` with :func:`engine.data.generate.generate_atlas` (seed 0; reused when
+present), builds ``WORK/gen_N.vcell`` with the streaming build, and prints one markdown table
+per size: step, seconds, peak RSS (GiB, sampled from ``/proc/self/status`` every 50 ms) and
+cells per second, plus the process's RSS before the build and ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import shutil
+import threading
+import time
+from pathlib import Path
+
+GIB = 1024**3
+
+
+class RssSampler:
+    """Samples this process's resident memory in a background thread; tracks the peak per step."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.step_peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        """Current VmRSS in bytes."""
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step_peak = max(self.step_peak, self.rss())
+            time.sleep(self.interval)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def take_peak(self) -> int:
+        """The peak since the last call (and restart counting from the current value)."""
+        peak, self.step_peak = max(self.step_peak, self.rss()), self.rss()
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class StepRecorder:
+    """A progress callback that times each step (a message, counts in parentheses dropped)."""
+
+    def __init__(self, sampler: RssSampler):
+        self.sampler, self.rows, self._step, self._t0 = sampler, [], None, time.perf_counter()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        step = re.sub(r"\s*\(.*\)$", "", re.sub(r"[\d,]+ ", "", message)).strip()
+        if step != self._step:
+            self.close()
+            self._step, self._t0 = step, time.perf_counter()
+
+    def close(self) -> None:
+        if self._step is not None:
+            self.rows.append((self._step, time.perf_counter() - self._t0, self.sampler.take_peak()))
+            self._step = None
+
+
+def run(n_cells: int, work: Path) -> str:
+    """Generate (or reuse) and build one atlas; the markdown report."""
+    from engine.build import BuildOptions, build_atlas
+    from engine.data.generate import generate_atlas
+
+    source = work / f"gen_{n_cells}"
+    if not (source / "generated.json").exists():
+        t0 = time.perf_counter()
+        generate_atlas(source, n_cells, seed=0, overwrite=True)
+        print(f"generated {n_cells:,} cells in {time.perf_counter() - t0:.0f} s", flush=True)
+    out = work / f"gen_{n_cells}.vcell"
+    shutil.rmtree(out, ignore_errors=True)
+    sampler = RssSampler().start()
+    baseline = sampler.rss()
+    sampler.take_peak()
+    recorder = StepRecorder(sampler)
+    t0 = time.perf_counter()
+    build_atlas(source, out, BuildOptions(stream=True), progress=recorder)
+    total = time.perf_counter() - t0
+    recorder.close()
+    sampler.stop()
+    lines = [f"### {n_cells:,} cells (streaming build)", "",
+             "| step | seconds | peak RSS GiB | cells/s |", "|---|---:|---:|---:|"]
+    for step, seconds, peak in recorder.rows:
+        lines.append(f"| {step} | {seconds:.1f} | {peak / GIB:.2f} | {n_cells / max(seconds, 1e-9):,.0f} |")
+    peak_all = max(peak for _, _, peak in recorder.rows)
+    lines.append(f"| **total** | {total:.1f} | {peak_all / GIB:.2f} | {n_cells / total:,.0f} |")
+    lines += ["", f"RSS before the build: {baseline / GIB:.2f} GiB; ru_maxrss of the process: "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GiB"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="200000,1000000", help="comma-separated atlas sizes")
+    parser.add_argument("--work", default="/tmp/scale", type=Path, help="where atlases and bundles go")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for n in (int(c) for c in args.cells.split(",")):
+        print(run(n, args.work), flush=True)
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
