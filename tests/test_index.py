@@ -15,7 +15,7 @@ def clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 def test_choose_factory_by_size():
     assert choose_factory(1_000, 50) == "Flat"
-    assert choose_factory(10_000_000, 64).startswith("IVF")
+    assert choose_factory(10_000_000, 64) == "IVF16384_HNSW32,Flat"  # 4 * sqrt(n) lists, rounded to a power of 2
 
 
 def test_flat_index_returns_each_point_as_its_own_neighbour(tmp_path):
@@ -29,9 +29,10 @@ def test_flat_index_returns_each_point_as_its_own_neighbour(tmp_path):
     assert again.ntotal == 500
 
 
-def test_ivf_is_tuned_to_the_recall_target():
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64_HNSW32,Flat"])
+def test_ivf_is_tuned_to_the_recall_target(factory, tmp_path):
     x = clustered(20_000)
-    index, info = build_index(x, factory="IVF64,Flat", target_recall=0.95)
+    index, info = build_index(x, factory=factory, target_recall=0.95)
     assert info.nprobe is not None and info.recall_at_10 >= 0.95
     # the recall is real: recompute it independently against brute force
     q = x[::97][:200]
@@ -39,6 +40,9 @@ def test_ivf_is_tuned_to_the_recall_target():
     truth = np.argsort(d, axis=1)[:, :10]
     _, found = index.search(q, 10)
     assert recall_at_k(found, truth) >= 0.9
+    save_index(index, tmp_path / "ivf.faiss")  # the tuned search breadth survives a round trip
+    _, again = load_index(tmp_path / "ivf.faiss", nprobe=info.nprobe).search(q, 10)
+    assert recall_at_k(again, truth) >= 0.9
 
 
 def test_bad_embeddings_are_refused(tmp_path):
