@@ -219,41 +219,39 @@ def test_bad_bundle_gives_one_error_sentence(monkeypatch, tmp_path, small_bundle
         assert not at.exception and len(at.error) == 1
 
 
-def test_model_page_shows_the_evaluation_written_by_vcell_evaluate(small_bundle, tmp_path, monkeypatch, capsys):
-    import shutil
-
+def evaluated_model_page(bundle, tmp_path, monkeypatch, capsys, command: list[str],
+                         missing: str) -> tuple[AppTest, str]:
+    """The Model page of a copy of ``bundle`` before (it says ``missing``) and after ``vcell COMMAND COPY``."""
     from engine.cli import main
 
     copy = tmp_path / "evaluated.vcell"
-    shutil.copytree(small_bundle, copy)
+    shutil.copytree(bundle, copy)
     app = start(monkeypatch, copy)
     visit(app, "model")
-    assert "Not evaluated yet" in texts(app.caption)
-    assert main(["evaluate", str(copy), "--seeds", "2"]) == 0
+    assert missing in texts(app.caption)
+    assert main([command[0], str(copy), *command[1:]]) == 0
     printed = capsys.readouterr().out
-    assert "X_pca" in printed and "hvg" in printed and "±" in printed
     app = start(monkeypatch, copy)
     visit(app, "model")
-    assert "Not evaluated yet" not in texts(app.caption)
+    assert missing not in texts(app.caption)
+    return app, printed
+
+
+def test_model_page_shows_the_evaluation_written_by_vcell_evaluate(small_bundle, tmp_path, monkeypatch, capsys):
+    app, printed = evaluated_model_page(small_bundle, tmp_path, monkeypatch, capsys, ["evaluate", "--seeds", "2"],
+                                        "Not evaluated yet")
+    assert "X_pca" in printed and "hvg" in printed and "±" in printed
     tables = [d.value for d in app.dataframe if "method" in d.value]
     assert len(tables) == 1 and set(tables[0]["method"]) >= {"X_pca", "pca_reference", "hvg"}
 
 
 def test_model_page_shows_the_virtual_cell_evaluation(mae_bundle, tmp_path, monkeypatch, capsys):
-    from engine.cli import main
-
-    copy = tmp_path / "response.vcell"
-    shutil.copytree(mae_bundle, copy)
-    app = start(monkeypatch, copy)
-    visit(app, "model")
-    assert "No response evaluation yet" in texts(app.caption)
-    assert main(["evaluate-response", str(copy), "--condition-a", "CTRL", "--condition-b", "STIM", "--retrain",
-                 "--epochs", "1", "--cell-types", "CD14 Mono,B"]) == 0
-    printed = capsys.readouterr().out
+    command = ["evaluate-response", "--condition-a", "CTRL", "--condition-b", "STIM", "--retrain", "--epochs", "1",
+               "--cell-types", "CD14 Mono,B"]
+    app, printed = evaluated_model_page(mae_bundle, tmp_path, monkeypatch, capsys, command,
+                                        "No response evaluation yet")
     assert "retrained" in printed and "expression arithmetic" in printed
-    app = start(monkeypatch, copy)
-    visit(app, "model")
-    assert "No response evaluation yet" not in texts(app.caption) and "retrained" in texts(app.caption)
+    assert "retrained" in texts(app.caption)
     table = next(d.value for d in app.dataframe if "r, top 20 responding genes" in d.value)
     assert list(table["method"]) == ["no change", "expression arithmetic", "latent arithmetic (MAE)"]
     assert (table["n_cell_types"] == 2).all() and table["RMSE / no change"].iloc[0] == 1.0

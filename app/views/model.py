@@ -100,6 +100,17 @@ RECON_SCORES = {"recon_explained_variance": "hidden genes: explained variance",
                 "kNN-imputation baseline", "recon_mse": "hidden genes: MSE"}
 
 
+def score_bars(summary: pd.DataFrame, labels: dict[str, str], key: str, yaxis: dict) -> list[str]:
+    """Grouped bars (mean ± sd) of the ``labels`` scores present in ``summary``, per method; returns those scores."""
+    scores = [c for c in labels if f"{c}_mean" in summary]
+    fig = go.Figure([go.Bar(name=labels[c], x=summary["method"], y=summary[f"{c}_mean"],
+                            error_y=dict(type="data", array=summary[f"{c}_sd"])) for c in scores])
+    fig.update_layout(barmode="group", height=320, yaxis=yaxis, margin=dict(l=10, r=10, t=10, b=10),
+                      legend=dict(orientation="h", y=1.1))
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+    return scores
+
+
 def evaluation_section(atlas: Atlas) -> None:
     """Scores of the embeddings against the baselines on held-out donors (from `vcell evaluate`)."""
     st.subheader("Embedding evaluation (held-out donors)")
@@ -109,12 +120,8 @@ def evaluation_section(atlas: Atlas) -> None:
                    "PCA and highly-variable-gene baselines on held-out donors.")
         return
     summary, notes = stored
-    scores = [c for c in EVAL_SCORES if f"{c}_mean" in summary]
-    fig = go.Figure([go.Bar(name=EVAL_SCORES[c], x=summary["method"], y=summary[f"{c}_mean"],
-                            error_y=dict(type="data", array=summary[f"{c}_sd"])) for c in scores])
-    fig.update_layout(barmode="group", height=320, yaxis=dict(title="score (mean ± sd over seeds)", range=[0, 1.05]),
-                      margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=1.1))
-    st.plotly_chart(fig, key="model_evaluation", config={"displaylogo": False})
+    scores = score_bars(summary, EVAL_SCORES, "model_evaluation",
+                        dict(title="score (mean ± sd over seeds)", range=[0, 1.05]))
     recon = [c for c in RECON_SCORES if f"{c}_mean" in summary]
     table = summary[["method", "n_seeds", *scores, *recon]].rename(columns={**EVAL_SCORES, **RECON_SCORES})
     show_table(table)
@@ -136,12 +143,7 @@ def response_section(atlas: Atlas) -> None:
                    "other types' response, the model against no change and expression arithmetic.")
         return
     summary, notes = stored
-    scores = [c for c in RESPONSE_SCORES if f"{c}_mean" in summary]
-    fig = go.Figure([go.Bar(name=RESPONSE_SCORES[c], x=summary["method"], y=summary[f"{c}_mean"],
-                            error_y=dict(type="data", array=summary[f"{c}_sd"])) for c in scores])
-    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(title="mean ± sd over held-out cell types"), legend=dict(orientation="h", y=1.1))
-    st.plotly_chart(fig, key="model_response", config={"displaylogo": False})
+    scores = score_bars(summary, RESPONSE_SCORES, "model_response", dict(title="mean ± sd over held-out cell types"))
     show_table(summary[["method", "n_cell_types", *(f"{c}_mean" for c in scores)]].rename(
         columns={f"{c}_mean": label for c, label in RESPONSE_SCORES.items()}))
     for note in notes:
