@@ -264,9 +264,11 @@ def main() -> None:
     page_header(atlas, "Perturb", "In-silico knock-out, knock-down or over-expression of genes in a chosen "
                                   "population, and the predicted expression shift of every other gene.")
     if has_virtual_cell(atlas):
+        seeds = len(atlas.manifest["model"].get("seeds") or [0])
         st.info("**Virtual cell**: the masked autoencoder predicts every gene with the targets clamped (never "
                 "masked), averaged over random masks, with the no-change and ridge co-expression baselines beside "
-                "it. Intervals: mask Monte Carlo and donor bootstrap.", icon=":material/info:")
+                "it. Intervals: mask Monte Carlo and donor bootstrap"
+                + (f", and the spread between {seeds} training seeds." if seeds > 1 else "."), icon=":material/info:")
     else:
         st.info("**Baseline: ridge regression on co-expression** — it learns which genes vary together in the chosen "
                 "cells, not what causes what. Build the bundle with `--model mae` for the model-based virtual cell.",
