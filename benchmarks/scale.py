@@ -11,6 +11,7 @@ cells per second, plus the process's RSS before the build and ``ru_maxrss``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import resource
 import shutil
@@ -71,19 +72,31 @@ class StepRecorder:
     def close(self) -> None:
         if self._step is not None:
             self.rows.append((self._step, time.perf_counter() - self._t0, self.sampler.take_peak()))
+            print(f"  {self.rows[-1][0]}: {self.rows[-1][1]:.1f} s, {self.rows[-1][2] / GIB:.2f} GiB", flush=True)
             self._step = None
 
 
-def run(n_cells: int, work: Path) -> str:
-    """Generate (or reuse) and build one atlas; the markdown report."""
-    from engine.build import BuildOptions, build_atlas
+def generated(n_cells: int, work: Path, median_umis: float, n_genes: int | None, jobs: int) -> Path:
+    """``WORK/gen_N``, generated with seed 0 unless already there with the same parameters."""
     from engine.data.generate import generate_atlas
 
     source = work / f"gen_{n_cells}"
-    if not (source / "generated.json").exists():
-        t0 = time.perf_counter()
-        generate_atlas(source, n_cells, seed=0, overwrite=True)
-        print(f"generated {n_cells:,} cells in {time.perf_counter() - t0:.0f} s", flush=True)
+    info = source / "generated.json"
+    if info.exists():
+        params = json.loads(info.read_text())["parameters"]
+        if params["median_umis"] == median_umis and params["n_genes"] == n_genes:
+            return source
+    t0 = time.perf_counter()
+    generate_atlas(source, n_cells, seed=0, median_umis=median_umis, n_genes=n_genes, n_jobs=jobs, overwrite=True)
+    print(f"generated {n_cells:,} cells in {time.perf_counter() - t0:.0f} s", flush=True)
+    return source
+
+
+def run(n_cells: int, work: Path, median_umis: float = 4000.0, n_genes: int | None = None, jobs: int = 2) -> str:
+    """Generate (or reuse) and build one atlas; the markdown report."""
+    from engine.build import BuildOptions, build_atlas
+
+    source = generated(n_cells, work, median_umis, n_genes, jobs)
     out = work / f"gen_{n_cells}.vcell"
     shutil.rmtree(out, ignore_errors=True)
     sampler = RssSampler().start()
@@ -95,7 +108,8 @@ def run(n_cells: int, work: Path) -> str:
     total = time.perf_counter() - t0
     recorder.close()
     sampler.stop()
-    lines = [f"### {n_cells:,} cells (streaming build)", "",
+    genes = json.loads((source / "generated.json").read_text())["n_genes"]
+    lines = [f"### {n_cells:,} cells x {genes:,} genes, median {median_umis:,.0f} UMIs (streaming build)", "",
              "| step | seconds | peak RSS GiB | cells/s |", "|---|---:|---:|---:|"]
     for step, seconds, peak in recorder.rows:
         lines.append(f"| {step} | {seconds:.1f} | {peak / GIB:.2f} | {n_cells / max(seconds, 1e-9):,.0f} |")
@@ -110,10 +124,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="200000,1000000", help="comma-separated atlas sizes")
     parser.add_argument("--work", default="/tmp/scale", type=Path, help="where atlases and bundles go")
+    parser.add_argument("--median-umis", type=float, default=4000.0, help="generator's median UMIs per cell")
+    parser.add_argument("--genes", type=int, default=None, help="generator's gene count (default: its 765 real genes)")
+    parser.add_argument("--jobs", type=int, default=2, help="generator processes")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for n in (int(c) for c in args.cells.split(",")):
-        print(run(n, args.work), flush=True)
+        print(run(n, args.work, args.median_umis, args.genes, args.jobs), flush=True)
         print(flush=True)
 
 

@@ -103,7 +103,7 @@ def _assert_same_bundle(memory, streamed):
     pd.testing.assert_frame_equal(memory.obs, streamed.obs)
     for name in ("cells.parquet", "genes.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(memory.path / name), pd.read_parquet(streamed.path / name))
-    for name in ("indptr", "indices", "data"):
+    for name in ("segment_ptr", "indices", "data"):
         a, b = (np.load(bundle.path / "store" / "by_gene" / f"{name}.npy") for bundle in (memory, streamed))
         assert a.dtype == b.dtype and np.array_equal(a, b), name
     cells = np.arange(memory.n_cells)

@@ -7,8 +7,13 @@ Two layouts sit side by side (DESIGN.md, "The contract"):
     obs, var): the reference format of the field, and the row-order access path
     ("these cells, all genes") used for comparison, training and embedding.
 ``by_gene/``
-    A derived gene-major CSC copy of ``lognorm`` as three ``.npy`` files, memory-mapped:
-    "this gene, all cells" (colouring a map) is one contiguous slice.
+    A derived gene-major copy of ``lognorm`` as three ``.npy`` files, memory-mapped:
+    "this gene, all cells" (colouring a map) is one contiguous slice. It is compact, since at
+    10M cells it is the largest file of a bundle: cells are cut into segments of
+    :data:`SEGMENT` cells, ``indices`` holds a cell's position inside its segment (``uint16``),
+    ``segment_ptr[g, s]`` where gene ``g``'s values of segment ``s`` start, and ``data`` holds
+    float32 values, or float16 (3 significant digits, for display) above
+    :data:`HALF_PRECISION_ABOVE` cells. Numbers for analysis come from ``soma/``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from engine.fileio import write_npy
 MEASUREMENT = "RNA"
 LOGNORM = "lognorm"
 COUNTS = "counts"
+SEGMENT = 2**16
+"""Cells per segment of the gene-major copy (positions inside a segment fit ``uint16``)."""
+HALF_PRECISION_ABOVE = 1_000_000
+"""Atlases with more cells than this keep the gene-major values as float16 (half the disk)."""
 
 
 def write_store(path: str | os.PathLike, obs: pd.DataFrame, var: pd.DataFrame,
@@ -61,13 +70,12 @@ def write_store(path: str | os.PathLike, obs: pd.DataFrame, var: pd.DataFrame,
 
 
 def write_gene_major(path: Path, matrix: sp.spmatrix) -> None:
-    """Write ``matrix`` (cells x genes) as a CSC copy: ``indptr``, ``indices``, ``data``."""
-    path.mkdir(parents=True)
-    csc = sp.csc_matrix(matrix, dtype=np.float32)
-    csc.sort_indices()
-    write_npy(path / "indptr.npy", csc.indptr.astype(np.int64))
-    write_npy(path / "indices.npy", csc.indices.astype(np.int32 if csc.shape[0] < 2**31 else np.int64))
-    write_npy(path / "data.npy", csc.data.astype(np.float32))
+    """Write ``matrix`` (cells x genes) as the gene-major copy (see the module docstring)."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    matrix.sum_duplicates()
+    writer = GeneMajorWriter(path, np.bincount(matrix.indices, minlength=matrix.shape[1]), matrix.shape[0])
+    writer.write(0, matrix)
+    writer.close()
 
 
 class StoreWriter:
@@ -137,11 +145,11 @@ class StoreWriter:
 
 
 class GeneMajorWriter:
-    """Write the gene-major CSC copy (:func:`write_gene_major`) from row blocks in row order.
+    """Write the gene-major copy (module docstring) from row blocks in row order.
 
-    ``indptr`` comes from the per-gene counts of stored values; ``indices`` and ``data`` are
-    ``.npy`` files memory-mapped only while a block is scattered into them, each gene's slice
-    filled at its own cursor, so memory stays at one block.
+    Each gene's slice of ``indices`` and ``data`` is sized from the per-gene counts of stored
+    values and filled at its own cursor; the files are memory-mapped only while a block is
+    scattered into them, so memory stays at one block.
 
     Parameters
     ----------
@@ -150,44 +158,59 @@ class GeneMajorWriter:
     nnz_per_gene
         Stored values per gene over all cells.
     n_cells
-        Number of cells (chooses the index dtype as :func:`write_gene_major` does).
+        Number of cells (chooses the value precision, :data:`HALF_PRECISION_ABOVE`).
     """
 
     def __init__(self, path: Path, nnz_per_gene: np.ndarray, n_cells: int):
-        self.path = Path(path)
+        self.path, self.n_cells, self._rows = Path(path), int(n_cells), 0
         self.path.mkdir(parents=True)
-        self._indptr = np.concatenate([[0], np.cumsum(nnz_per_gene, dtype=np.int64)]).astype(np.int64)
-        self._cursor = self._indptr[:-1].copy()
-        write_npy(self.path / "indptr.npy", self._indptr)
-        total = int(self._indptr[-1])
-        index_dtype = np.int32 if n_cells < 2**31 else np.int64
-        for name, dtype in (("indices", index_dtype), ("data", np.float32)):
+        self._end = np.cumsum(nnz_per_gene, dtype=np.int64)
+        self._cursor = self._end - np.asarray(nnz_per_gene, dtype=np.int64)
+        self._ptr = np.zeros((len(self._end), -(-self.n_cells // SEGMENT) + 1), dtype=np.int64)
+        total = int(self._end[-1]) if len(self._end) else 0
+        value_dtype = np.float16 if self.n_cells > HALF_PRECISION_ABOVE else np.float32
+        for name, dtype in (("indices", np.uint16), ("data", value_dtype)):
             if total == 0:
                 write_npy(self.path / f"{name}.npy", np.zeros(0, dtype=dtype))
             else:
                 np.lib.format.open_memmap(self.path / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,)).flush()
 
     def write(self, start: int, block: sp.csr_matrix) -> None:
-        """Add the cells ``start .. start + len(block)`` (blocks must come in row order)."""
-        csc = sp.csc_matrix(block, dtype=np.float32)
+        """Add the cells ``start .. start + len(block)`` (blocks must follow each other)."""
+        if start != self._rows:
+            raise ValueError(f"blocks must come in row order: expected cells from {self._rows}, got {start}")
+        block = sp.csr_matrix(block, dtype=np.float32)
+        stop = start + block.shape[0]
+        while self._rows < stop:  # one piece per segment the block touches
+            first, segment = self._rows, self._rows // SEGMENT
+            last = min(stop, (segment + 1) * SEGMENT)
+            if first == segment * SEGMENT:
+                self._ptr[:, segment] = self._cursor
+            self._scatter(block[first - start:last - start], first - segment * SEGMENT)
+            self._rows = last
+
+    def _scatter(self, piece: sp.csr_matrix, offset: int) -> None:
+        csc = sp.csc_matrix(piece)
         csc.sort_indices()
         per_gene = np.diff(csc.indptr)
         if csc.nnz == 0:
             return
-        if np.any(self._cursor + per_gene > self._indptr[1:]):
+        if np.any(self._cursor + per_gene > self._end):
             raise ValueError("a block has more values for some gene than the per-gene counts given")
         target = np.repeat(self._cursor - csc.indptr[:-1], per_gene) + np.arange(csc.nnz)
-        for name, values in (("indices", csc.indices.astype(np.int64) + start), ("data", csc.data)):
+        for name, values in (("indices", csc.indices + offset), ("data", csc.data)):
             mapped = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r+")
-            mapped[target] = values
+            mapped[target] = values.astype(mapped.dtype)
             mapped.flush()
             del mapped  # unmapped after each block: written pages do not accumulate in this process
         self._cursor += per_gene
 
     def close(self) -> None:
-        """Check that every gene's slice was filled."""
-        if not np.array_equal(self._cursor, self._indptr[1:]):
-            raise ValueError("the blocks written do not match the per-gene counts given")
+        """Check that every cell and every gene's slice was written; write ``segment_ptr.npy``."""
+        if self._rows != self.n_cells or not np.array_equal(self._cursor, self._end):
+            raise ValueError("the blocks written do not match the cells and per-gene counts given")
+        self._ptr[:, -1] = self._end
+        write_npy(self.path / "segment_ptr.npy", self._ptr)
 
 
 def soma_global_order(rows: np.ndarray, cols: np.ndarray, data: np.ndarray,
@@ -224,9 +247,10 @@ class ExpressionStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not (self.path / "soma").exists() or not (self.path / "by_gene" / "indptr.npy").exists():
-            raise BundleError(f"The expression store at {self.path} is incomplete: rebuild the bundle with `vcell build`.")
-        self._indptr = np.load(self.path / "by_gene" / "indptr.npy", mmap_mode="r")
+        if not (self.path / "soma").exists() or not (self.path / "by_gene" / "segment_ptr.npy").exists():
+            raise BundleError(f"The expression store at {self.path} is incomplete or in an older layout: "
+                              "rebuild the bundle with `vcell build`.")
+        self._segment_ptr = np.load(self.path / "by_gene" / "segment_ptr.npy")
         self._indices = np.load(self.path / "by_gene" / "indices.npy", mmap_mode="r")
         self._data = np.load(self.path / "by_gene" / "data.npy", mmap_mode="r")
 
@@ -244,7 +268,7 @@ class ExpressionStore:
     @property
     def n_genes(self) -> int:
         """Number of genes."""
-        return len(self._indptr) - 1
+        return len(self._segment_ptr)
 
     @cached_property
     def n_cells(self) -> int:
@@ -289,9 +313,11 @@ class ExpressionStore:
         """Log-normalised values of one gene for every cell (dense float32)."""
         if not 0 <= gene < self.n_genes:
             raise IndexError(f"gene position {gene} is outside 0..{self.n_genes - 1}")
-        start, stop = int(self._indptr[gene]), int(self._indptr[gene + 1])
+        ptr = self._segment_ptr[gene]
+        cells = self._indices[ptr[0]:ptr[-1]].astype(np.int64)
+        cells += np.repeat(np.arange(len(ptr) - 1, dtype=np.int64) * SEGMENT, np.diff(ptr))
         values = np.zeros(self.n_cells, dtype=np.float32)
-        values[np.asarray(self._indices[start:stop])] = self._data[start:stop]
+        values[cells] = self._data[ptr[0]:ptr[-1]]
         return values
 
     def close(self) -> None:

@@ -61,3 +61,41 @@ def test_in_memory_store_reads_like_the_disk_store(store):
                                    disk.rows(cells, genes, layer=layer).toarray(), rtol=1e-6)
     with pytest.raises(InputError, match="no 'counts' layer"):
         InMemoryStore(sp.csr_matrix(lognorm)).rows(cells, layer="counts")
+
+
+def test_gene_major_copy_across_segments_and_in_half_precision(tmp_path, monkeypatch):
+    import engine.data.store as store_module
+    from engine.data.store import GeneMajorWriter
+
+    monkeypatch.setattr(store_module, "SEGMENT", 16)  # 100 cells -> 7 segments, blocks straddle them
+    monkeypatch.setattr(store_module, "HALF_PRECISION_ABOVE", 50)
+    matrix = sp.random(100, 12, density=0.3, random_state=3, format="csr", dtype=np.float32)
+    matrix.data = np.log1p(matrix.data * 100)
+    writer = GeneMajorWriter(tmp_path / "by_gene", np.bincount(matrix.indices, minlength=12), 100)
+    for start in range(0, 100, 23):
+        writer.write(start, matrix[start:start + 23])
+    writer.close()
+    assert np.load(tmp_path / "by_gene" / "data.npy").dtype == np.float16
+    assert np.load(tmp_path / "by_gene" / "segment_ptr.npy").shape == (12, 8)
+    reader = ExpressionStore.__new__(ExpressionStore)  # the gene-major half of a store only
+    reader._segment_ptr = np.load(tmp_path / "by_gene" / "segment_ptr.npy")
+    reader._indices = np.load(tmp_path / "by_gene" / "indices.npy", mmap_mode="r")
+    reader._data = np.load(tmp_path / "by_gene" / "data.npy", mmap_mode="r")
+    reader.__dict__["n_cells"] = 100
+    dense = matrix.toarray()
+    for g in range(12):
+        got = reader.gene(g)
+        assert np.array_equal(got > 0, dense[:, g] > 0)
+        np.testing.assert_allclose(got, dense[:, g], rtol=1e-3)  # float16: 3 significant digits
+
+
+def test_gene_major_writer_refuses_blocks_out_of_order(tmp_path):
+    from engine.data.store import GeneMajorWriter
+
+    matrix = sp.random(10, 4, density=0.5, random_state=0, format="csr", dtype=np.float32)
+    writer = GeneMajorWriter(tmp_path / "by_gene", np.bincount(matrix.indices, minlength=4), 10)
+    writer.write(0, matrix[:5])
+    with pytest.raises(ValueError, match="row order"):
+        writer.write(0, matrix[:5])
+    with pytest.raises(ValueError, match="do not match"):
+        writer.close()
