@@ -47,7 +47,8 @@ class Colouring:
     label
         Legend / colour-bar title.
     values
-        Per cell (atlas order): strings for categories, floats for numbers.
+        Per cell (atlas order): strings for categories, floats for numbers; ``None`` for
+        categories given by ``codes`` alone (a 10M-cell column is not turned into strings).
     colours
         Category → colour; ``None`` for numeric values.
     scale
@@ -58,7 +59,7 @@ class Colouring:
     """
 
     label: str
-    values: np.ndarray
+    values: np.ndarray | None
     colours: dict[str, str] | None = None
     scale: str | list = NUMERIC_SCALE
     codes: np.ndarray | None = None
@@ -73,6 +74,13 @@ class Colouring:
         if self.codes is not None:
             return self.codes
         return pd.Categorical(self.values, categories=list(self.colours)).codes
+
+    def values_at(self, cells: np.ndarray) -> np.ndarray:
+        """The values of ``cells`` (category names for categories, ``"nan"`` for none)."""
+        if self.values is not None:
+            return self.values[cells]
+        names = np.asarray([*self.colours, "nan"], dtype=object)
+        return names[self.codes[cells]]  # code -1 (no category) picks the last name
 
 
 @dataclass
@@ -91,8 +99,9 @@ def obs_colouring(atlas: Atlas, column: str) -> Colouring:
     values = atlas.obs[column]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return Colouring(column, values.to_numpy(dtype=np.float64))
-    codes = values.cat.codes.to_numpy() if isinstance(values.dtype, pd.CategoricalDtype) else None
-    return Colouring(column, values.astype(str).to_numpy(), category_colours(atlas, column), codes=codes)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return Colouring(column, None, category_colours(atlas, column), codes=values.cat.codes.to_numpy())
+    return Colouring(column, values.astype(str).to_numpy(), category_colours(atlas, column))
 
 
 def gene_colouring(atlas: Atlas, gene: str) -> Colouring:
@@ -206,7 +215,7 @@ def category_traces(atlas: Atlas, cells: np.ndarray, colouring: Colouring, size:
                     showlegend: bool = True) -> list[go.Scattergl]:
     """One WebGL trace per category of ``colouring`` among ``cells`` (empty categories skipped)."""
     xy = atlas.layout
-    values = colouring.values[cells]
+    values = colouring.values_at(cells)
     traces = []
     for category, colour in colouring.colours.items():
         members = cells[values == category]
@@ -263,7 +272,7 @@ def map_figure(atlas: Atlas, colouring: Colouring | None = None, overlays: Seque
         fig.add_trace(go.Scattergl(x=xy[cells, 0], y=xy[cells, 1], mode="markers", name="all cells",
                                    marker=dict(size=size, color=GREY), customdata=data, hovertemplate=template))
     elif colouring.categorical and len(colouring.colours) > MAX_LEGEND:  # too many for a legend: one trace
-        values = colouring.values[cells]
+        values = colouring.values_at(cells)
         data, template = _hover(atlas, cells, values, colouring.label)
         fig.add_trace(go.Scattergl(x=xy[cells, 0], y=xy[cells, 1], mode="markers", name=colouring.label,
                                    marker=dict(size=size, color=[colouring.colours.get(v, GREY) for v in values]),

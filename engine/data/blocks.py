@@ -41,7 +41,13 @@ class SomaRows:
     def __init__(self, uri: str, measurement: str, layer: str, n_genes: int):
         import tiledbsoma as soma
 
-        self._experiment = soma.Experiment.open(str(uri))
+        from engine.data.object_store import open_error, soma_context
+
+        self._uri = str(uri)
+        try:
+            self._experiment = soma.Experiment.open(self._uri, context=soma_context(self._uri))
+        except (soma.SOMAError, RuntimeError) as err:  # RuntimeError: TileDB could not connect
+            raise open_error(self._uri, err) from None
         self._array = self._experiment.ms[measurement].X[layer]
         joinids = np.sort(self._experiment.obs.read(column_names=["soma_joinid"]).concat()
                           .column("soma_joinid").to_numpy())
@@ -55,13 +61,23 @@ class SomaRows:
         ids = positions if self._joinids is None else self._joinids[positions]
         contiguous = bool(np.all(np.diff(ids) == 1))
         coords = slice(int(ids[0]), int(ids[-1])) if contiguous else ids  # SOMA slices include their end
-        table = self._array.read(coords=(coords,)).tables().concat()
+        table = self._read(coords)
         dim0 = table["soma_dim_0"].to_numpy()
         rows_out = dim0 - ids[0] if contiguous else np.searchsorted(ids, dim0)
         order = None if contiguous or np.all(np.diff(ids) > 0) else np.argsort(np.argsort(ids))
         matrix = sp.csr_matrix((table["soma_data"].to_numpy().astype(np.float32),
                                 (rows_out, table["soma_dim_1"].to_numpy())), shape=(len(ids), self.shape[1]))
         return matrix if order is None else matrix[order]
+
+    def _read(self, coords: slice | np.ndarray) -> Any:
+        import tiledbsoma as soma
+
+        from engine.data.object_store import open_error
+
+        try:
+            return self._array.read(coords=(coords,)).tables().concat()
+        except (soma.SOMAError, RuntimeError) as err:  # e.g. the connection to an object store dropped mid-build
+            raise open_error(self._uri, err, what="read (X rows)") from None
 
     def close(self) -> None:
         """Close the experiment."""

@@ -122,10 +122,14 @@ def read_soma(
     """
     import tiledbsoma as soma
 
+    from engine.data.object_store import is_object_store, open_error, soma_context
+
     text = os.fspath(uri)
     try:
-        experiment = soma.open(text, mode="r")
-    except soma.SOMAError as err:
+        experiment = soma.open(text, mode="r", context=soma_context(text))
+    except (soma.SOMAError, RuntimeError) as err:  # TileDB raises RuntimeError when it cannot connect
+        if is_object_store(text):
+            raise open_error(text, err) from None
         raise InputError(f"'{text}' could not be opened as a TileDB-SOMA experiment ({_first_line(err)}): "
                          f"check the path or URI; give {SUPPORTED}.") from None
     with experiment:
@@ -147,7 +151,9 @@ def read_soma(
                 with warnings.catch_warnings():  # "Transforming to str index": we set the index below
                     warnings.simplefilter("ignore", ad.ImplicitModificationWarning)
                     adata = query.to_anndata(X_name=layer if load_x else None)
-        except (soma.SOMAError, ValueError) as err:
+        except (soma.SOMAError, ValueError, RuntimeError) as err:
+            if obs_value_filter is None or isinstance(err, RuntimeError):  # the store or its connection failed
+                raise open_error(text, err, what="read") from None
             raise InputError(f"The obs filter {obs_value_filter!r} could not be applied to '{text}' "
                              f"({_first_line(err)}): use obs column names and quoted values, e.g. "
                              "\"disease == 'normal'\".") from None
@@ -197,12 +203,14 @@ def census_query(
     import cellxgene_census
     import tiledbsoma as soma
 
+    from engine.data.object_store import soma_context
+
     if max_cells is not None and max_cells < 1:
         raise InputError(f"max_cells is {max_cells}: give a positive number of cells.")
     name = re.sub(r"[ ]+", "_", organism.strip()).lower()
     where = uri if uri is not None else f"census version '{census_version}'"
     try:
-        census = (cellxgene_census.open_soma(uri=uri) if uri is not None
+        census = (cellxgene_census.open_soma(uri=uri, context=soma_context(uri)) if uri is not None
                   else cellxgene_census.open_soma(census_version=census_version))
     except (soma.SOMAError, ValueError, OSError) as err:
         raise InputError(f"The CELLxGENE census ({where}) could not be opened ({_first_line(err)}): check the "
