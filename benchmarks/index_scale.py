@@ -12,6 +12,7 @@ Usage::
 
     python benchmarks/index_scale.py --cells 1000000 --scanpy
     python benchmarks/index_scale.py --cells 10000000
+    python benchmarks/index_scale.py --bundle atlas.vcell --prebuilt --factories none
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--bundle", help="use this bundle's default embedding instead of synthetic vectors")
     parser.add_argument("--scanpy", action="store_true", help="also time scanpy's default neighbour graph")
-    parser.add_argument("--factories", help="comma-separated FAISS factories (default: by size)")
+    parser.add_argument("--factories", help="comma-separated FAISS factories (default: by size; 'none': skip)")
+    parser.add_argument("--prebuilt", action="store_true",
+                        help="with --bundle: also measure the bundle's own index (as `vcell build` made it)")
     args = parser.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     if args.bundle:
@@ -133,7 +136,20 @@ def main() -> None:
     rows = [{"index": "Flat (exact)", "build s": 0.0, "setting": "", "recall@10": 1.0, "queries/s": exact_qps,
              "x exact": 1.0, "index GiB": n * x.shape[1] * 4 / 2**30}]
     print(f"exact: {exact_qps:,.0f} queries/s", flush=True)
-    for factory in (args.factories.split(",") if args.factories else factories(n)):
+    if args.prebuilt:
+        from engine.index import load_index
+
+        info = atlas.manifest["index"]
+        index = load_index(atlas.path / info["path"])
+        setting, recall = tune(index, queries, truth)
+        qps = queries_per_second(index, queries, repeat=3)
+        rows.append({"index": f"{info['factory']} (the bundle's, built by vcell build)", "build s": np.nan,
+                     "setting": setting, "recall@10": recall, "queries/s": qps, "x exact": qps / exact_qps,
+                     "index GiB": index_bytes(index) / 2**30})
+        print(rows[-1], flush=True)
+        del index
+    chosen = [] if args.factories == "none" else args.factories.split(",") if args.factories else factories(n)
+    for factory in chosen:
         start = time.perf_counter()
         index, _ = build_index(x, factory=factory, target_recall=TARGET)  # includes its nprobe tuning
         built = time.perf_counter() - start
