@@ -4,7 +4,10 @@ harmonise -> expression store -> embedding (PCA) -> FAISS index -> (clusters whe
 has no cell types) -> UMAP layout -> group summaries -> manifest; with ``--model`` a learned
 encoder is then pretrained (or loaded) and its embedding becomes the default (engine.embed). Everything is written
 into a temporary directory that is renamed to the bundle path only when every step has
-succeeded, so a failure never leaves a half-written bundle.
+succeeded, so a failure never leaves a half-written bundle. For streaming builds that
+directory is ``<out>.partial/``, kept on failure with a checkpoint after each long step, so an
+interrupted build continues with ``resume=True`` (``vcell build --resume``;
+:mod:`engine.build_checkpoint`).
 
 The first half (reading, normalising, gene statistics, PCA) runs in memory for small inputs
 (:func:`prepare_in_memory`) and in row blocks for large ones (:mod:`engine.build_stream`,
@@ -98,7 +101,7 @@ def prepare_matrices(adata) -> tuple[sp.csr_matrix, sp.csr_matrix | None, dict]:
 
 def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: BuildOptions | None = None, *,
                 overwrite: bool = False, command: str | None = None,
-                progress: Progress | None = None) -> Path:
+                progress: Progress | None = None, resume: bool = False) -> Path:
     """Build an atlas bundle from ``source`` (.h5ad, SOMA experiment, generator output).
 
     Parameters
@@ -115,11 +118,23 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
         The command line to record in the manifest.
     progress
         Progress callback.
+    resume
+        Continue an interrupted streaming build from its partial directory ``<out>.partial/``,
+        skipping the steps it completed (:mod:`engine.build_checkpoint`). Without it, an existing
+        partial directory is an error. In-memory builds (small inputs) ignore it: they are
+        quick and never leave a partial directory.
 
     Returns
     -------
     The bundle path.
+
+    Raises
+    ------
+    InputError
+        ``out`` exists (without ``overwrite``); a partial directory exists without ``resume``, or
+        was made from another input or with other options.
     """
+    from engine.build_checkpoint import resumable_build
     from engine.build_stream import STREAM_MIN_CELLS, count_cells, prepare_streaming
 
     options = options or BuildOptions()
@@ -131,10 +146,14 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
         raise InputError(f"{out} already exists: choose another --out or pass --overwrite.")
     report(progress, 0.0, "reading input")
     stream = options.stream if options.stream is not None else count_cells(source) > STREAM_MIN_CELLS
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        prepare = prepare_streaming if stream else prepare_in_memory
-        prepared = prepare(source, options, tmp, scaled(progress, 0.0, 0.3))
-        _finish_bundle(tmp, prepared, source, options, command, progress, overall)
+    if stream:
+        with resumable_build(out, source, options, overwrite=overwrite, resume=resume, progress=progress) as ckpt:
+            prepared = prepare_streaming(source, options, ckpt.root, scaled(progress, 0.0, 0.3), checkpoint=ckpt)
+            _finish_bundle(ckpt.root, prepared, source, options, command, progress, overall, ckpt)
+    else:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            prepared = prepare_in_memory(source, options, tmp, scaled(progress, 0.0, 0.3))
+            _finish_bundle(tmp, prepared, source, options, command, progress, overall)
     report(overall, 1.0, f"bundle written to {out}")
     return out
 
@@ -224,50 +243,86 @@ def pca_sample(n: int, options: BuildOptions) -> np.ndarray:
 
 
 def _finish_bundle(tmp: Path, prepared: Prepared, source, options: BuildOptions, command: str | None,
-                   progress: Progress | None, overall: Progress | None) -> None:
-    """Index, clusters, layout, store, summaries, tables and manifest: the second half of a build."""
+                   progress: Progress | None, overall: Progress | None, checkpoint=None) -> None:
+    """Index, clusters, layout, store, summaries, tables and manifest: the second half of a build.
+
+    With a ``checkpoint`` (:class:`engine.build_checkpoint.BuildCheckpoint`) the index,
+    clusters, layout and store / summaries steps are recorded, and skipped when done before;
+    DE and ``--model`` are redone from their start.
+    """
+    from engine.build_checkpoint import CHECKPOINT_DIR, BuildCheckpoint
     from engine.cluster import leiden_clusters
     from engine.data.genes import is_ensembl
     from engine.evaluate import knn_label_agreement
-    from engine.index import build_index, save_index
+    from engine.index import build_index, load_index, save_index
     from engine.layout import umap_layout
     from engine.models.checkpoint import save_checkpoint
 
+    ckpt = checkpoint if checkpoint is not None else BuildCheckpoint.disabled()
+    ckpt.restore_pca_bundle()  # an interrupted DE / --model step is redone from the PCA bundle
     obs, genes, model, embedding = prepared.obs, prepared.genes, prepared.model, prepared.embedding
     mapping, hvg, n = prepared.mapping, genes["highly_variable"].to_numpy(), len(embedding)
-    report(progress, 0.3, "building FAISS index")
-    index, index_info = build_index(embedding, seed=options.seed)
     roles = {"cell_type": "cell_type" if "cell_type" in obs else None,
              "condition": "disease" if "disease" in obs else None,
              "donor": "donor_id" if "donor_id" in obs else None,
              "batch": "batch" if "batch" in obs else None}
-    cell_type_source = mapping.get("cell_type", {}) or {}
-    quality = {"pca_explained_variance": float(model.explained_variance_ratio.sum()),
-               "index_recall_at_10": index_info.recall_at_10 if index_info.recall_at_10 is not None else 1.0}
-    if roles["cell_type"] is not None:
-        quality.update(knn_label_agreement(index, embedding, obs["cell_type"], seed=options.seed))
+    index_path = tmp / "index" / "X_pca.faiss"
+    if (done := ckpt.done("index")) is not None:
+        ckpt.skipped(progress, 0.4, "building FAISS index")
+        index_info, quality = done["index_info"], done["quality"]
+        index = load_index(index_path, nprobe=index_info.get("nprobe"))
     else:
-        report(progress, 0.4, "clustering (the input has no cell types)")
-        obs["cell_type"] = leiden_clusters(index, embedding, seed=options.seed)
+        report(progress, 0.3, "building FAISS index")
+        ckpt.begin("index", "index")
+        index, info = build_index(embedding, seed=options.seed)
+        index_info = info.to_dict()
+        index_path.parent.mkdir()
+        save_index(index, index_path)
+        quality = {"pca_explained_variance": float(model.explained_variance_ratio.sum()),
+                   "index_recall_at_10": info.recall_at_10 if info.recall_at_10 is not None else 1.0}
+        if roles["cell_type"] is not None:
+            quality.update(knn_label_agreement(index, embedding, obs["cell_type"], seed=options.seed))
+        ckpt.complete("index", index_info=index_info, quality=quality)
+    cell_type_source = mapping.get("cell_type", {}) or {}
+    if roles["cell_type"] is None:
+        clusters = f"{CHECKPOINT_DIR}/clusters.parquet"
+        if ckpt.done("clusters") is not None:
+            ckpt.skipped(progress, 0.45, "clustering")
+            obs["cell_type"] = pd.read_parquet(tmp / clusters)["cell_type"].array  # categorical, as computed
+        else:
+            report(progress, 0.4, "clustering (the input has no cell types)")
+            obs["cell_type"] = leiden_clusters(index, embedding, seed=options.seed)
+            if ckpt.root is not None:
+                obs[["cell_type"]].to_parquet(tmp / clusters)
+            ckpt.complete("clusters")
         roles["cell_type"] = "cell_type"
         cell_type_source = {"source": None, "method": "leiden clusters on the PCA kNN graph",
                             "note": "no cell-type labels in the input; clusters stand in until label transfer"}
 
-    report(progress, 0.45, "computing the UMAP layout")
-    coords = np.lib.format.open_memmap(tmp / "obsm" / "X_umap.npy", mode="w+", dtype=np.float32, shape=(n, 2))
-    coords, layout_params = umap_layout(embedding, n_landmarks=options.n_landmarks, seed=options.seed,
-                                        progress=scaled(progress, 0.45, 0.75), out=coords)
-    coords.flush()
-    del coords
+    if (done := ckpt.done("layout")) is not None:
+        ckpt.skipped(progress, 0.75, "computing the UMAP layout")
+        layout_params = done["params"]
+    else:
+        report(progress, 0.45, "computing the UMAP layout")
+        ckpt.begin("layout", "obsm/X_umap.npy")
+        coords = np.lib.format.open_memmap(tmp / "obsm" / "X_umap.npy", mode="w+", dtype=np.float32, shape=(n, 2))
+        coords, layout_params = umap_layout(embedding, n_landmarks=options.n_landmarks, seed=options.seed,
+                                            progress=scaled(progress, 0.45, 0.75), out=coords)
+        coords.flush()
+        del coords
+        ckpt.complete("layout", params=layout_params)
 
-    report(progress, 0.75, "writing the expression store")
-    prepared.finish_store(obs)
-    report(progress, 0.85, "summarising groups")
-    prepared.summarise(obs).save(tmp / "summaries")
+    if ckpt.done("summaries") is not None:
+        ckpt.skipped(progress, 0.9, "writing the expression store and summarising groups")
+    else:
+        report(progress, 0.75, "writing the expression store")
+        prepared.finish_store(obs)
+        report(progress, 0.85, "summarising groups")
+        ckpt.begin("summaries", "summaries")
+        prepared.summarise(obs).save(tmp / "summaries")
+        ckpt.complete("summaries")
     obs.to_parquet(tmp / "cells.parquet")
     genes.to_parquet(tmp / "genes.parquet")
-    (tmp / "index").mkdir()
-    save_index(index, tmp / "index" / "X_pca.faiss")
     save_checkpoint(tmp / "model", model.to_checkpoint())
     report(progress, 0.95, "writing the manifest")
     manifest = {
@@ -289,12 +344,14 @@ def _finish_bundle(tmp: Path, prepared: Prepared, source, options: BuildOptions,
         "model": {"name": "pca", "n_components": model.n_components,
                   "explained_variance": float(model.explained_variance_ratio.sum()),
                   "fit_cells": int(prepared.n_fit), "genes": "highly_variable", "seed": options.seed},
-        "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info.to_dict()},
+        "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info},
         "layout": {"embedding": "X_pca", **layout_params},
         "quality": quality,
         "provenance": provenance(str(source), command, prepared.generated),
     }
     write_json(tmp / "manifest.json", manifest)
+    if options.de or options.model:
+        ckpt.keep_pca_bundle()
     if options.de and prepared.matrix_notes.get("counts") is not None:
         from engine.atlas import Atlas
         from engine.pseudobulk import precompute_de

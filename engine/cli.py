@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input .h5ad file, TileDB-SOMA experiment (path or URI) or `vcell generate` output")
     p.add_argument("--out", required=True, help="bundle directory to write, e.g. covid.vcell")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted streaming build (inputs above 200k cells) from OUT.partial/, "
+                        "skipping its completed steps; small inputs are built in memory and ignore it")
     _add_build_options(p)
 
     p = sub.add_parser("pretrain", help="pretrain a masked or contrastive encoder on a bundle's cells")
@@ -86,6 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="add a saved model's embedding of every cell to a bundle")
     p.add_argument("bundle")
     p.add_argument("--model", required=True, help="model checkpoint directory (e.g. RUN/model from vcell pretrain)")
+
+    p = sub.add_parser("embed-shards", help="embed a bundle's cells with a saved model in several processes "
+                                            "(DDP; one shard of rows each; torchrun / srun on a cluster)")
+    p.add_argument("bundle")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint directory (e.g. RUN/model)")
+    p.add_argument("--out", required=True, help="directory for the shards, shared by every process")
+    p.add_argument("--devices", default="auto",
+                   help="processes on this node (default: 1, or what torchrun / SLURM started)")
+    p.add_argument("--num-nodes", type=int, default=None, help="nodes (default: 1, or from torchrun / SLURM)")
+    p.add_argument("--accelerator", default="auto", help="auto (GPUs when present), cpu or gpu")
+    p.add_argument("--batch-size", type=int, default=4096, help="cells per forward pass")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="store-reading processes per rank (default: 0 on CPU, up to 4 with a GPU)")
+    p.add_argument("--factory", help="also build per-shard FAISS indexes from one shared trained index "
+                                     "(Flat or IVF..., e.g. IVF4096,Flat); default: merge-shards builds them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the index's training sample")
+
+    p = sub.add_parser("merge-shards", help="merge embed-shards output into one embedding and one FAISS index")
+    p.add_argument("dir", help="the --out directory of embed-shards")
+    p.add_argument("--bundle", help="also add the merged embedding and index to this bundle (the one embedded)")
+    p.add_argument("--factory", help="FAISS factory (default: that of the shard indexes, else chosen by size)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("de", help="precompute pseudobulk DE (DESeq2 over donors) per cell type into a bundle")
     p.add_argument("bundle")
@@ -245,9 +270,19 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.command == "build":
         from engine.build import build_atlas
 
-        with TqdmProgress("build") as progress:
-            out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
-                              progress=progress)
+        from engine.build_checkpoint import partial_path
+
+        try:
+            with TqdmProgress("build") as progress:
+                out = build_atlas(args.input, args.out, _options(args), overwrite=args.overwrite, command=command,
+                                  progress=progress, resume=args.resume)
+        except (KeyboardInterrupt, Exception) as exc:
+            if partial_path(args.out).exists() and not isinstance(exc, VCellError):
+                print(f"build stopped; the steps done so far are kept in {partial_path(args.out)}: continue with "
+                      "the same command and --resume", file=sys.stderr)
+            if isinstance(exc, KeyboardInterrupt):
+                return 130
+            raise
         print(f"bundle written to {out}; open it with: vcell serve {out}")
         return 0
     if args.command == "pretrain":
@@ -264,6 +299,18 @@ def _run(args: argparse.Namespace, command: str) -> int:
         with TqdmProgress("embed") as progress:
             name = add_embedding(args.bundle, args.model, progress=progress)
         print(f"{name} added to {args.bundle}; compare it with: vcell evaluate {args.bundle}")
+        return 0
+    if args.command == "embed-shards":
+        return _embed_shards(args)
+    if args.command == "merge-shards":
+        from engine.shards import merge_shards
+
+        with TqdmProgress("merge") as progress:
+            result = merge_shards(args.dir, bundle=args.bundle, factory=args.factory, seed=args.seed,
+                                  progress=progress)
+        where = f"; {result.name} added to {result.bundle}" if result.bundle else ""
+        print(f"merged {result.info['n']:,} cells into {result.embedding} and {result.index} "
+              f"({result.info['factory']}){where}")
         return 0
     if args.command == "de":
         return _de(args)
@@ -288,6 +335,20 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.command == "demo":
         return _demo(args, command)
     raise AssertionError(args.command)
+
+
+def _embed_shards(args: argparse.Namespace) -> int:
+    """Every process of the run executes this; rank 0 reports."""
+    from engine.shards import embed_shards
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    shard = embed_shards(args.bundle, args.checkpoint, args.out, devices=devices, num_nodes=args.num_nodes,
+                         accelerator=args.accelerator, batch_size=args.batch_size, factory=args.factory,
+                         seed=args.seed, num_workers=args.num_workers, progress_bar=True)
+    if shard.rank == 0:
+        print(f"{shard.world_size} shard(s) of {shard.n_cells:,} cells written to {args.out}; merge them with: "
+              f"vcell merge-shards {args.out} --bundle {args.bundle}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from engine.atlas import read_atlas, validate_atlas
 from engine.compare import compare_conditions
 from engine.errors import GeneNotFoundError
 from engine.neighbours import find_neighbours
+from vcell_testing import assert_same_bundle
 
 
 def test_covid_bundle_is_valid_and_harmonised(covid_bundle):
@@ -96,42 +97,12 @@ def _build_both(source, tmp_path, **options):
     return read_atlas(built[False]), read_atlas(built[True])
 
 
-def _assert_same_bundle(memory, streamed):
-    import pandas as pd
-
-    assert validate_atlas(streamed.path) == []
-    pd.testing.assert_frame_equal(memory.obs, streamed.obs)
-    for name in ("cells.parquet", "genes.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(memory.path / name), pd.read_parquet(streamed.path / name))
-    for name in ("segment_ptr", "indices", "data"):
-        a, b = (np.load(bundle.path / "store" / "by_gene" / f"{name}.npy") for bundle in (memory, streamed))
-        assert a.dtype == b.dtype and np.array_equal(a, b), name
-    cells = np.arange(memory.n_cells)
-    for layer in ("lognorm", "counts"):
-        if layer in memory.store.layers:
-            a, b = (bundle.expression(cells, None, layer=layer) for bundle in (memory, streamed))
-            assert abs(a - b).max() == 0, layer
-    assert memory.store.layers == streamed.store.layers
-    for axis in ("obs", "var"):  # the SOMA experiment's own tables
-        a, b = (_soma_table(bundle, axis) for bundle in (memory, streamed))
-        pd.testing.assert_frame_equal(a, b)
-    for name in ("sum", "sum_sq", "n_expressing", "counts"):
-        a, b = (getattr(bundle.summaries, name) for bundle in (memory, streamed))
-        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, rtol=1e-6)), name
-    m, s = memory.manifest, streamed.manifest
-    for key in ("n_cells", "n_genes", "gene_hash", "roles", "matrices", "hvg", "harmonisation"):
-        assert m[key] == s[key], key
-    assert streamed.embedding().shape == memory.embedding().shape
-    assert np.load(streamed.path / "obsm" / "X_umap.npy").shape == (memory.n_cells, 2)
-    assert abs(m["model"]["explained_variance"] - s["model"]["explained_variance"]) < 1e-4
-
-
 def test_streaming_build_equals_in_memory_build_generated(small_generated, tmp_path):
-    _assert_same_bundle(*_build_both(small_generated, tmp_path))
+    assert_same_bundle(*_build_both(small_generated, tmp_path))
 
 
 def test_streaming_build_equals_in_memory_build_h5ad(shared_data, tmp_path):
-    _assert_same_bundle(*_build_both(shared_data("kang_ifnb_1k.h5ad"), tmp_path))
+    assert_same_bundle(*_build_both(shared_data("kang_ifnb_1k.h5ad"), tmp_path))
 
 
 def test_streaming_build_equals_in_memory_build_without_labels(shared_data, tmp_path):
@@ -145,12 +116,4 @@ def test_streaming_build_equals_in_memory_build_without_labels(shared_data, tmp_
     adata.write_h5ad(tmp_path / "unlabelled.h5ad")
     memory, streamed = _build_both(tmp_path / "unlabelled.h5ad", tmp_path)
     assert streamed.categories("cell_type")[0].startswith("cluster ")
-    _assert_same_bundle(memory, streamed)
-
-
-def _soma_table(bundle, axis):
-    import tiledbsoma
-
-    with tiledbsoma.Experiment.open(str(bundle.path / "store" / "soma")) as experiment:
-        frame = experiment.obs if axis == "obs" else experiment.ms["RNA"].var
-        return frame.read().concat().to_pandas()
+    assert_same_bundle(memory, streamed)

@@ -60,3 +60,43 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
     )
     var = pd.DataFrame(index=[f"G{i}" for i in range(n_genes)])
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+
+
+def assert_same_bundle(memory, streamed) -> None:
+    """Assert that two bundles (``Atlas``) hold the same data (e.g. in-memory vs streaming builds)."""
+    from engine.atlas import validate_atlas
+
+    assert validate_atlas(streamed.path) == []
+    pd.testing.assert_frame_equal(memory.obs, streamed.obs)
+    for name in ("cells.parquet", "genes.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(memory.path / name), pd.read_parquet(streamed.path / name))
+    for name in ("segment_ptr", "indices", "data"):
+        a, b = (np.load(bundle.path / "store" / "by_gene" / f"{name}.npy") for bundle in (memory, streamed))
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    cells = np.arange(memory.n_cells)
+    for layer in ("lognorm", "counts"):
+        if layer in memory.store.layers:
+            a, b = (bundle.expression(cells, None, layer=layer) for bundle in (memory, streamed))
+            assert abs(a - b).max() == 0, layer
+    assert memory.store.layers == streamed.store.layers
+    for axis in ("obs", "var"):  # the SOMA experiment's own tables
+        a, b = (_soma_table(bundle, axis) for bundle in (memory, streamed))
+        pd.testing.assert_frame_equal(a, b)
+    for name in ("sum", "sum_sq", "n_expressing", "counts"):
+        a, b = (getattr(bundle.summaries, name) for bundle in (memory, streamed))
+        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, rtol=1e-6)), name
+    m, s = memory.manifest, streamed.manifest
+    for key in ("n_cells", "n_genes", "gene_hash", "roles", "matrices", "hvg", "harmonisation"):
+        assert m[key] == s[key], key
+    assert streamed.embedding().shape == memory.embedding().shape
+    assert np.load(streamed.path / "obsm" / "X_umap.npy").shape == (memory.n_cells, 2)
+    assert abs(m["model"]["explained_variance"] - s["model"]["explained_variance"]) < 1e-4
+
+
+def _soma_table(bundle, axis: str) -> pd.DataFrame:
+    """A bundle's SOMA ``obs`` or ``var`` table."""
+    import tiledbsoma
+
+    with tiledbsoma.Experiment.open(str(bundle.path / "store" / "soma")) as experiment:
+        frame = experiment.obs if axis == "obs" else experiment.ms["RNA"].var
+        return frame.read().concat().to_pandas()

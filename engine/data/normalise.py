@@ -309,6 +309,23 @@ class GeneStats:
         self._n += other._n
         return self
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The accumulated state as arrays (for :meth:`from_state`, e.g. a build checkpoint)."""
+        state = {"n": np.int64(self._n), "n_genes": np.int64(self.n_genes)}
+        state.update({f"acc_{k}": v for k, v in self._acc.items()})
+        if self._n_expressing is not None:
+            state["n_expressing"] = self._n_expressing
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> GeneStats:
+        """Rebuild the statistics saved by :meth:`state`."""
+        stats = cls(int(state["n_genes"]) or None)
+        stats._n = int(state["n"])
+        stats._acc = {k[4:]: np.asarray(v) for k, v in state.items() if k.startswith("acc_")}
+        stats._n_expressing = np.asarray(state["n_expressing"]) if "n_expressing" in state else None
+        return stats
+
     def _merge(self, key: str, n_a: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         mean_a, m2_a = self._acc[key + "_mean"], self._acc[key + "_m2"]
         n = n_a + n_b

@@ -144,6 +144,18 @@ class StoreWriter:
         self._experiment.close()
 
 
+def update_store_axes(path: str | os.PathLike, obs: pd.DataFrame | None, var: pd.DataFrame | None) -> None:
+    """Replace the cell and / or gene table of the store at ``path`` (written by a closed :class:`StoreWriter`)."""
+    import tiledbsoma
+    import tiledbsoma.io
+
+    with tiledbsoma.Experiment.open(str(Path(path) / "soma"), "w") as experiment:
+        if obs is not None:
+            tiledbsoma.io.update_obs(experiment, _soma_safe(obs))
+        if var is not None:
+            tiledbsoma.io.update_var(experiment, _soma_safe(var), measurement_name=MEASUREMENT)
+
+
 class GeneMajorWriter:
     """Write the gene-major copy (module docstring) from row blocks in row order.
 

@@ -31,7 +31,8 @@ from engine.data.loader import CellBatches, split_by_donor
 from engine.errors import InputError, VCellError
 from engine.progress import Progress, report
 
-__all__ = ["SSLTask", "CellDataModule", "pretrain", "embed_atlas", "resolve_genes", "TrainingDiverged"]
+__all__ = ["SSLTask", "CellDataModule", "pretrain", "embed_atlas", "model_gene_columns", "model_input", "embed_input",
+           "embed_rows", "resolve_genes", "TrainingDiverged"]
 
 
 class TrainingDiverged(VCellError):
@@ -377,8 +378,9 @@ def _best_epoch(path: str) -> int | None:
 
 @torch.inference_mode()
 def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096, progress: Progress | None = None,
-                device: str | torch.device | None = None, min_overlap: float = 0.5) -> np.ndarray:
-    """Embed every cell of ``atlas`` with ``model``, streaming the store in row order.
+                device: str | torch.device | None = None, min_overlap: float = 0.5,
+                cells: tuple[int, int] | None = None) -> np.ndarray:
+    """Embed every cell of ``atlas`` (or the rows ``cells``) with ``model``, streaming the store in row order.
 
     Gene names are aligned to the atlas by Ensembl ID or symbol; model genes the atlas lacks
     are filled with 0 and passed to ``model.embed`` as unobserved (masked) genes. Fewer than
@@ -396,45 +398,83 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
         Cells per forward pass (and per store read).
     device
         ``None``: CUDA when present, else CPU.
+    cells
+        ``(start, stop)``: embed only rows ``start .. stop - 1`` (one shard of a sharded run,
+        :mod:`engine.shards`); ``None``: every cell.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(n_cells, latent)``.
+        float32 ``(n_cells, latent)`` (``(stop - start, latent)`` with ``cells``).
     """
     from engine.atlas import Atlas, read_atlas
 
-    from engine.models.serialize import align_block, align_genes
-
     atlas = atlas if isinstance(atlas, Atlas) else read_atlas(atlas)
+    start, stop = (0, atlas.n_cells) if cells is None else (int(cells[0]), int(cells[1]))
+    if not 0 <= start <= stop <= atlas.n_cells:
+        raise InputError(f"cells {start}..{stop} is not a row range of the atlas's {atlas.n_cells:,} cells.")
+    read, columns = model_gene_columns(atlas, genes, min_overlap)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    was_training = model.training
+    model = model.to(device).eval()
+    out = None
+    try:
+        for first in range(start, stop, batch_size):
+            rows = np.arange(first, min(first + batch_size, stop))
+            z = embed_rows(model, atlas.store, rows, read, columns, device).numpy()
+            if out is None:
+                out = np.empty((stop - start, z.shape[1]), dtype=np.float32)
+            out[rows - start] = z
+            report(progress, (rows[-1] + 1 - start) / max(stop - start, 1), "embedding cells")
+    finally:
+        model.train(was_training)
+    if out is None:  # no rows: the width still comes from the model
+        out = np.empty((0, int(model.config.get("latent", 0)) if hasattr(model, "config") else 0), dtype=np.float32)
+    return out
+
+
+def model_gene_columns(atlas, genes: Sequence, min_overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """What to read from the store for a model's genes, and where each model gene lies in what was read.
+
+    Returns
+    -------
+    read, columns
+        Atlas gene positions to read (the model genes the atlas has, in model order), and for each
+        model gene its column in a block read with ``read`` (-1: missing from the atlas), for
+        :func:`engine.models.serialize.align_block`.
+    """
+    from engine.models.serialize import align_genes
+
     if all(isinstance(g, str) for g in genes):
         positions, _ = align_genes(list(genes), atlas.var, min_overlap=min_overlap)
     else:
         positions = resolve_genes(atlas, genes)
     present = positions >= 0
-    columns = _compact(present)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    was_training = model.training
-    model = model.to(device).eval()
-    store = atlas.store
-    out = None
-    try:
-        for start in range(0, atlas.n_cells, batch_size):
-            cells = np.arange(start, min(start + batch_size, atlas.n_cells))
-            block = store.rows(cells, positions[present])
-            x, missing = align_block(block, columns)
-            x = x.to(device)
-            if not torch.isfinite(x).all():
-                raise InputError(f"Cells {start}..{cells[-1]} have NaN or infinite expression values: "
-                                 "rebuild the bundle from clean counts.")
-            z = (model.embed(x, missing.to(device)) if bool(missing.any()) else model.embed(x)).float().cpu().numpy()
-            if out is None:
-                out = np.empty((atlas.n_cells, z.shape[1]), dtype=np.float32)
-            out[cells] = z
-            report(progress, cells[-1] / atlas.n_cells, "embedding cells")
-    finally:
-        model.train(was_training)
-    return out
+    return positions[present], _compact(present)
+
+
+def model_input(store, rows: np.ndarray, read: np.ndarray, columns: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input ``(x, missing)`` for atlas ``rows`` (see :func:`model_gene_columns`)."""
+    from engine.models.serialize import align_block
+
+    x, missing = align_block(store.rows(rows, read), columns)
+    if not torch.isfinite(x).all():
+        raise InputError(f"Cells {rows[0]}..{rows[-1]} have NaN or infinite expression values: "
+                         "rebuild the bundle from clean counts.")
+    return x, missing
+
+
+def embed_input(model: nn.Module, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """``model.embed`` of one input block, telling the model its unobserved genes when there are any."""
+    return model.embed(x, missing) if bool(missing.any()) else model.embed(x)
+
+
+@torch.inference_mode()
+def embed_rows(model: nn.Module, store, rows: np.ndarray, read: np.ndarray, columns: np.ndarray,
+               device: torch.device) -> torch.Tensor:
+    """Float32 CPU embedding of atlas ``rows`` by an eval-mode ``model`` already on ``device``."""
+    x, missing = model_input(store, rows, read, columns)
+    return embed_input(model, x.to(device), missing.to(device)).float().cpu()
 
 
 def _compact(present: np.ndarray) -> np.ndarray:

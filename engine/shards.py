@@ -1,0 +1,597 @@
+"""Sharded embedding across processes, and the merge of the shards into one embedding and one FAISS index.
+
+For atlases too large for one process to embed in good time, ``vcell embed-shards`` runs a
+Lightning prediction under DDP: each process (rank ``r`` of ``world``) embeds one contiguous,
+balanced block of rows (:func:`shard_ranges`) and writes ``embedding-<r>-of-<world>.npy`` plus a
+small JSON record (rows, model and bundle hashes). No distributed sampler pads the ranks, so no
+cell is embedded twice. With a FAISS factory, rank 0 then trains one empty index on a sample of
+all shards (``trained.faiss``) and every rank adds its own rows to a copy of it
+(``index-<r>-of-<world>.faiss``, ids = atlas rows). ``vcell merge-shards`` checks the shards
+cover every cell exactly once, concatenates them (memory-mapped) into ``embedding.npy`` and
+merges the shard indexes into ``index.faiss`` (inverted lists moved with ``merge_from``; flat
+codes appended in row order), giving the same index as adding every row to the same trained
+index in one process; it can register the result in the bundle. Every file is written atomically.
+
+Under ``torchrun`` or SLURM's ``srun`` the ranks come from the environment (README, "Beyond one
+machine"); locally ``--devices N`` starts N processes (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from engine.errors import BundleError, InputError
+from engine.fileio import atomic_path, write_json
+from engine.progress import Progress, report
+
+__all__ = ["shard_ranges", "shard_stem", "embed_shards", "read_shards", "train_shared_index", "index_shard",
+           "merge_shards", "ShardRecord", "MergeResult"]
+
+TRAINED = "trained.faiss"
+"""The empty, trained index every shard adds its rows to."""
+
+
+def shard_ranges(n_cells: int, world_size: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced ``(start, stop)`` row ranges, one per rank, covering ``0 .. n_cells`` once.
+
+    The first ``n_cells % world_size`` ranks get one row more; ranks beyond ``n_cells`` get empty ranges.
+    """
+    if world_size < 1 or n_cells < 0:
+        raise InputError(f"Cannot split {n_cells} cells over {world_size} processes: need at least one process.")
+    base, extra = divmod(int(n_cells), int(world_size))
+    bounds = np.concatenate([[0], np.cumsum([base + (r < extra) for r in range(world_size)])])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def shard_stem(rank: int, world_size: int, kind: str = "embedding") -> str:
+    """File stem of a rank's shard: ``embedding-00001-of-00004`` (``kind``: ``embedding`` or ``index``)."""
+    return f"{kind}-{rank:05d}-of-{world_size:05d}"
+
+
+def _checkpoint_hash(checkpoint: Path) -> str:
+    """sha256 over a checkpoint directory's files (names and contents), so shards of different models never mix."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(checkpoint)).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardRecord:
+    """One rank's embedding shard, as recorded in ``embedding-<r>-of-<w>.json``."""
+
+    rank: int
+    world_size: int
+    start: int
+    stop: int
+    n_cells: int
+    dim: int
+    method: str
+    model_hash: str
+    gene_hash: str
+    bundle: str
+    checkpoint: str
+
+    @property
+    def path(self) -> str:
+        """File name of the shard's embedding (beside the record)."""
+        return shard_stem(self.rank, self.world_size) + ".npy"
+
+
+class _RowBlocks(Dataset):
+    """Model inputs for consecutive blocks of one rank's rows; the store is opened in the reading process."""
+
+    def __init__(self, bundle: Path, start: int, stop: int, batch_size: int, read: np.ndarray,
+                 columns: np.ndarray):
+        self.bundle, self.start, self.stop, self.batch_size = bundle, start, stop, batch_size
+        self.read, self.columns = read, columns
+        self._store = None
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from engine.atlas import read_atlas
+        from engine.models.train import model_input
+
+        if self._store is None:
+            self._store = read_atlas(self.bundle).store
+        first = self.start + i * self.batch_size
+        rows = np.arange(first, min(first + self.batch_size, self.stop))
+        x, missing = model_input(self._store, rows, self.read, self.columns)
+        return {"x": x, "missing": missing, "start": int(first)}
+
+
+class _EmbedTask(L.LightningModule):
+    """Prediction-only module: this rank's rows in, embeddings out."""
+
+    def __init__(self, model: torch.nn.Module, bundle: Path, n_cells: int, batch_size: int, read: np.ndarray,
+                 columns: np.ndarray, num_workers: int = 0):
+        super().__init__()
+        self.model = model.eval()
+        self.bundle, self.n_cells, self.batch_size = bundle, n_cells, batch_size
+        self.read, self.columns, self.num_workers = read, columns, num_workers
+
+    def rows(self) -> tuple[int, int]:
+        """This rank's ``(start, stop)``."""
+        return shard_ranges(self.n_cells, self.trainer.world_size)[self.trainer.global_rank]
+
+    def predict_dataloader(self) -> DataLoader:
+        start, stop = self.rows()
+        # spawn, not fork: forking after TileDB has started its threads can deadlock
+        extra = {"multiprocessing_context": "spawn"} if self.num_workers else {}
+        return DataLoader(_RowBlocks(self.bundle, start, stop, self.batch_size, self.read, self.columns),
+                          batch_size=None, shuffle=False, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), **extra)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        from engine.models.train import embed_input
+
+        return {"start": int(batch["start"]), "z": embed_input(self.model, batch["x"], batch["missing"]).float()}
+
+
+class _ShardWriter(BasePredictionWriter):
+    """Writes each batch into this rank's memory-mapped shard; renames it into place when the rank is done."""
+
+    def __init__(self, out_dir: Path, dim: int, record: dict[str, Any]):
+        super().__init__(write_interval="batch")
+        self.out_dir, self.dim, self.record = out_dir, dim, record
+        self._stack: ExitStack | None = None
+        self._array: np.ndarray | None = None
+        self._start = 0
+        self.written: ShardRecord | None = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        rank, world = trainer.global_rank, trainer.world_size
+        self._start, stop = pl_module.rows()
+        self._stack = ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.out_dir / (shard_stem(rank, world) + ".npy")))
+        self._array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - self._start, self.dim))
+        self.written = ShardRecord(rank=rank, world_size=world, start=self._start, stop=stop, dim=self.dim,
+                                   **self.record)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        z = prediction["z"].cpu().numpy()
+        first = prediction["start"] - self._start
+        self._array[first:first + len(z)] = z
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._array.flush()
+        del self._array
+        self._array = None
+        self._stack.close()  # the shard's rename: complete or absent
+        # an index of this rank's previous rows is stale now (rebuilt by --factory or at the merge)
+        (self.out_dir / (shard_stem(self.written.rank, self.written.world_size, "index") + ".json")).unlink(
+            missing_ok=True)
+        write_json(self.out_dir / (shard_stem(self.written.rank, self.written.world_size) + ".json"),
+                   self.written.__dict__)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._array = None
+        if self._stack is not None:
+            self._stack.__exit__(type(exception), exception, exception.__traceback__)  # drops the temporary file
+
+
+def _cluster_devices(devices: Any, num_nodes: int | None) -> tuple[Any, int]:
+    """Processes per node and node count: from torchrun or SLURM when they started us, else as given."""
+    from engine.models.train import _torchrun_devices
+
+    devices = _torchrun_devices(devices)
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        num_nodes = num_nodes or max(int(env["WORLD_SIZE"]) // int(env["LOCAL_WORLD_SIZE"]), 1)
+    elif "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        if devices == "auto" and "SLURM_NTASKS_PER_NODE" in env:
+            devices = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
+        num_nodes = num_nodes or int(env.get("SLURM_NNODES", "1"))
+    return devices, int(num_nodes or 1)
+
+
+def embed_shards(bundle: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 devices: Any = "auto", num_nodes: int | None = None, accelerator: str = "auto",
+                 strategy: Any = None, batch_size: int = 4096, factory: str | None = None, metric: str = "l2",
+                 seed: int = 0, min_overlap: float = 0.5, num_workers: int | None = None,
+                 progress_bar: bool = False) -> ShardRecord:
+    """Embed a bundle's cells with a saved model, one contiguous shard of rows per process.
+
+    Every process of the run calls this (Lightning starts the local ones for ``devices > 1``;
+    ``torchrun`` / ``srun`` start them on a cluster).
+
+    Parameters
+    ----------
+    bundle
+        The bundle whose cells to embed (on a file system every process reads).
+    checkpoint
+        A saved model directory (:func:`engine.models.serialize.save_model`).
+    out_dir
+        Directory for the shards (shared by all processes).
+    devices, num_nodes, accelerator, strategy
+        As for :class:`lightning.Trainer`. ``devices`` is the process count per node (``"auto"``:
+        one, or what torchrun / SLURM started); ``strategy=None`` means ``"ddp"`` with more than
+        one process. ``accelerator="auto"`` uses GPUs when present, else CPU (gloo).
+    batch_size
+        Cells per forward pass and per store read.
+    factory, metric, seed
+        With a FAISS factory (``"Flat"``, ``"IVF1024,Flat"``, ...), rank 0 trains one shared
+        empty index on a seeded sample of all shards (:func:`train_shared_index`) and each rank
+        adds its rows to a copy (:func:`index_shard`); ``None``: embeddings only (merging builds
+        the index).
+    min_overlap
+        Least fraction of the model's genes the bundle must have.
+    num_workers
+        DataLoader processes reading the store per rank; ``None``: 0 on CPU, up to 4 with a GPU.
+    progress_bar
+        Lightning's progress bar on rank 0 (for the CLI).
+
+    Returns
+    -------
+    ShardRecord
+        This rank's shard.
+    """
+    from engine.atlas import read_atlas
+    from engine.models.serialize import load_model
+    from engine.models.train import model_gene_columns
+
+    bundle, checkpoint, out_dir = Path(bundle), Path(checkpoint), Path(out_dir)
+    if batch_size < 1:
+        raise InputError(f"--batch-size is {batch_size}: give at least 1 cell per batch.")
+    atlas = read_atlas(bundle)
+    model, genes = load_model(checkpoint)
+    read, columns = model_gene_columns(atlas, genes, min_overlap)
+    with torch.inference_mode():
+        dim = int(model.embed(torch.zeros(1, len(genes))).shape[1])
+    record = {"n_cells": int(atlas.n_cells), "method": str(model.config.get("method", "model")),
+              "model_hash": _checkpoint_hash(checkpoint), "gene_hash": str(atlas.manifest["gene_hash"]),
+              "bundle": str(bundle.resolve()), "checkpoint": str(checkpoint.resolve())}
+    devices, num_nodes = _cluster_devices(devices, num_nodes)
+    if strategy is None:
+        many = num_nodes > 1 or (devices not in ("auto", 1, "1") and not (isinstance(devices, list) and len(devices) == 1))
+        strategy = "ddp" if many or "WORLD_SIZE" in os.environ else "auto"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(out_dir, dim, record)
+    callbacks: list[L.Callback] = [writer]
+    if progress_bar:
+        callbacks.append(L.pytorch.callbacks.TQDMProgressBar())
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks,
+                        default_root_dir=out_dir, inference_mode=True)
+    if num_workers is None:
+        num_workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if torch.cuda.is_available() else 0
+    task = _EmbedTask(model, bundle, atlas.n_cells, batch_size, read, columns, num_workers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # the writer needs none
+        trainer.predict(task, return_predictions=False)
+    shard = writer.written
+    if factory is not None:
+        _barrier(trainer)
+        if trainer.is_global_zero:
+            train_shared_index(out_dir, factory, metric=metric, seed=seed, world_size=shard.world_size)
+        _barrier(trainer)
+        index_shard(out_dir, shard.rank, shard.world_size)
+    _barrier(trainer)
+    return shard
+
+
+def _barrier(trainer: L.Trainer) -> None:
+    if trainer.world_size > 1:
+        trainer.strategy.barrier()
+
+
+def read_shards(out_dir: str | os.PathLike, world_size: int | None = None) -> list[ShardRecord]:
+    """The shard records in ``out_dir``, checked to cover every cell exactly once with one model.
+
+    Raises
+    ------
+    InputError
+        No shards, shards of several runs (world sizes), a missing or unfinished shard, ranges
+        that overlap or leave a gap, or shards of different models, bundles or widths.
+    """
+    out_dir = Path(out_dir)
+    records = []
+    for path in sorted(out_dir.glob("embedding-*-of-*.json")):
+        try:
+            records.append(ShardRecord(**json.loads(path.read_text())))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"The shard record {path} is unreadable ({exc}): run embed-shards again.") from exc
+    if world_size is not None:
+        records = [r for r in records if r.world_size == world_size]
+    if not records:
+        raise InputError(f"{out_dir} holds no finished embedding shards (embedding-*-of-*.json): "
+                         "run `vcell embed-shards` first.")
+    worlds = sorted({r.world_size for r in records})
+    if len(worlds) > 1:
+        raise InputError(f"{out_dir} holds shards of runs with different process counts ({', '.join(map(str, worlds))}): "
+                         "remove the old run's files or use a fresh directory.")
+    world = worlds[0]
+    ranks = [r.rank for r in records]
+    missing = sorted(set(range(world)) - set(ranks))
+    if missing:
+        raise InputError(f"Shard(s) {', '.join(map(str, missing))} of {world} are missing or unfinished in {out_dir}: "
+                         "run embed-shards again (a rank may have failed).")
+    for field, what in (("model_hash", "models"), ("gene_hash", "bundles (gene lists)"), ("n_cells", "cell counts"),
+                        ("dim", "embedding widths")):
+        values = {getattr(r, field) for r in records}
+        if len(values) > 1:
+            raise InputError(f"The shards in {out_dir} come from different {what}: re-embed them with one model "
+                             "and bundle in a fresh directory.")
+    records.sort(key=lambda r: (r.start, r.stop))
+    end = 0
+    for r in records:
+        if r.start != end:
+            problem = "overlap" if r.start < end else "leave a gap"
+            raise InputError(f"Shard {r.rank} of {world} starts at row {r.start} but the shards before it end at "
+                             f"{end}: the shards {problem}. Re-embed them in a fresh directory.")
+        end = r.stop
+    if end != records[0].n_cells:
+        raise InputError(f"The shards cover rows 0..{end} of {records[0].n_cells:,} cells: re-embed them.")
+    for r in records:
+        path = out_dir / r.path
+        if not path.exists():
+            raise InputError(f"Shard {r.rank}'s embedding {path} is missing: run embed-shards again.")
+        shape = np.load(path, mmap_mode="r").shape
+        if shape != (r.stop - r.start, r.dim):
+            raise InputError(f"Shard {path} has shape {shape}, its record says {(r.stop - r.start, r.dim)}: re-embed.")
+    return sorted(records, key=lambda r: r.rank)
+
+
+def _rows(out_dir: Path, records: list[ShardRecord], rows: np.ndarray) -> np.ndarray:
+    """Embedding of sorted global ``rows``, gathered from the memory-mapped shards."""
+    parts = []
+    for r in records:
+        mine = rows[(rows >= r.start) & (rows < r.stop)]
+        if len(mine):
+            parts.append(np.asarray(np.load(out_dir / r.path, mmap_mode="r")[mine - r.start], dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def train_shared_index(out_dir: str | os.PathLike, factory: str, *, metric: str = "l2", seed: int = 0,
+                       world_size: int | None = None) -> Path:
+    """Train one empty FAISS index on a seeded sample of all shards; every shard index copies it.
+
+    The sample is :data:`engine.index.TRAIN_PER_LIST` vectors per inverted list (all cells when
+    fewer), drawn over the whole atlas. Writes ``trained.faiss`` and ``trained.json`` (with a
+    fresh key that the shard indexes record, so stale ones are never merged).
+    """
+    import faiss
+
+    from engine.index import TRAIN_PER_LIST, _metric
+
+    out_dir = Path(out_dir)
+    records = read_shards(out_dir, world_size)
+    n, dim = records[0].n_cells, records[0].dim
+    try:
+        index = faiss.index_factory(dim, factory, _metric(metric))
+    except RuntimeError as exc:
+        raise InputError(f"FAISS cannot make the index '{factory}' ({str(exc).strip().splitlines()[-1]}).") from exc
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None and not isinstance(index, faiss.IndexFlatCodes):
+        raise InputError(f"The index '{factory}' cannot be built in shards and merged: use Flat or an IVF factory "
+                         "(e.g. IVF4096,Flat or IVF4096_HNSW32,Flat).")
+    n_train = 0
+    if not index.is_trained:
+        n_train = min(n, TRAIN_PER_LIST * max(ivf.nlist if ivf is not None else 1, 1))
+        sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
+        index.train(np.ascontiguousarray(_rows(out_dir, records, sample)))
+    from engine.index import save_index
+
+    save_index(index, out_dir / TRAINED)
+    write_json(out_dir / "trained.json", {"factory": factory, "metric": metric, "seed": seed, "n_train": n_train,
+                                          "world_size": records[0].world_size, "key": uuid.uuid4().hex,
+                                          "model_hash": records[0].model_hash})
+    return out_dir / TRAINED
+
+
+def index_shard(out_dir: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Add rank ``rank``'s rows to a copy of the shared trained index (ids = atlas rows); write it atomically."""
+    import faiss
+
+    from engine.index import CHUNK, load_index, save_index
+
+    out_dir = Path(out_dir)
+    trained = json.loads((out_dir / "trained.json").read_text())
+    record = ShardRecord(**json.loads((out_dir / (shard_stem(rank, world_size) + ".json")).read_text()))
+    index = load_index(out_dir / TRAINED)
+    ivf = faiss.try_extract_index_ivf(index)
+    x = np.load(out_dir / record.path, mmap_mode="r")
+    for first in range(0, len(x), CHUNK):
+        block = np.ascontiguousarray(x[first:first + CHUNK], dtype=np.float32)
+        if ivf is not None:
+            index.add_with_ids(block, np.arange(record.start + first, record.start + first + len(block), dtype=np.int64))
+        else:  # flat codes hold no ids: shards are appended in row order at the merge
+            index.add(block)
+    stem = shard_stem(rank, world_size, "index")
+    save_index(index, out_dir / f"{stem}.faiss")
+    write_json(out_dir / f"{stem}.json", {"key": trained["key"], "rank": rank, "world_size": world_size,
+                                          "start": record.start, "stop": record.stop, "ntotal": int(index.ntotal)})
+    return out_dir / f"{stem}.faiss"
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge_shards` wrote."""
+
+    embedding: Path
+    index: Path
+    info: dict
+    name: str
+    bundle: Path | None = None
+
+
+def _shard_indexes_ready(out_dir: Path, records: list[ShardRecord], factory: str | None, metric: str) -> bool:
+    """Whether every shard has an index built from the current trained index (of ``factory`` when given)."""
+    path = out_dir / "trained.json"
+    if not path.exists():
+        return False
+    trained = json.loads(path.read_text())
+    if (factory is not None and trained["factory"] != factory) or trained["metric"] != metric \
+            or trained.get("model_hash") != records[0].model_hash or trained.get("world_size") != records[0].world_size:
+        return False
+    for r in records:
+        meta = out_dir / (shard_stem(r.rank, r.world_size, "index") + ".json")
+        if not meta.exists() or json.loads(meta.read_text()).get("key") != trained["key"]:
+            return False
+    return True
+
+
+def merge_shards(out_dir: str | os.PathLike, *, bundle: str | os.PathLike | None = None, factory: str | None = None,
+                 metric: str = "l2", target_recall: float = 0.95, seed: int = 0,
+                 progress: Progress | None = None) -> MergeResult:
+    """Concatenate the embedding shards and merge their FAISS indexes into one.
+
+    Shard indexes left by ``embed-shards --factory`` are used as they are (when ``factory`` is
+    ``None`` or the same); otherwise the shared index is trained and the shard indexes built
+    here, one after the other. IVF inverted lists are moved with ``merge_from`` (ids are
+    already atlas rows); flat codes are appended in row order. For IVF, ``nprobe`` is then
+    tuned to ``target_recall`` as in :func:`engine.index.build_index`.
+
+    Parameters
+    ----------
+    out_dir
+        The directory ``embed-shards`` wrote.
+    bundle
+        Also register the merged embedding and index in this bundle (the one embedded): written
+        to ``obsm/X_<method>.npy`` and ``index/X_<method>.faiss``, then listed in the manifest
+        (the commit point), without changing the default embedding.
+    factory, metric
+        FAISS factory (``None``: that of the shard indexes, else :func:`engine.index.choose_factory`).
+
+    Returns
+    -------
+    MergeResult
+        Paths of ``embedding.npy`` and ``index.faiss`` in ``out_dir``, and the index's
+        :class:`~engine.index.IndexInfo` as a dict.
+    """
+    import faiss
+
+    from engine.embed import embedding_name
+    from engine.index import CHUNK, IndexInfo, _tune_nprobe, choose_factory, load_index, save_index
+
+    out_dir = Path(out_dir)
+    records = read_shards(out_dir)
+    first = records[0]
+    n, dim, world = first.n_cells, first.dim, first.world_size
+    name = embedding_name(first.method)
+    if bundle is not None:
+        _check_bundle(Path(bundle), first, name)
+
+    report(progress, 0.0, f"concatenating {world} embedding shards")
+    target = out_dir / "embedding.npy"
+    with atomic_path(target) as tmp:
+        merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for r in sorted(records, key=lambda r: r.start):
+            shard = np.load(out_dir / r.path, mmap_mode="r")
+            for a in range(0, len(shard), CHUNK):
+                merged[r.start + a:r.start + a + len(shard[a:a + CHUNK])] = shard[a:a + CHUNK]
+        if not all(np.isfinite(merged[a:a + CHUNK]).all() for a in range(0, n, CHUNK)):
+            raise InputError("The merged embedding contains NaN or infinite values: check the input data and model.")
+        merged.flush()
+        del merged
+    embedding = np.load(target, mmap_mode="r")
+
+    if not _shard_indexes_ready(out_dir, records, factory, metric):
+        factory = factory or choose_factory(n, dim)
+        report(progress, 0.2, f"training the shared {factory} index")
+        train_shared_index(out_dir, factory, metric=metric, seed=seed, world_size=world)
+        for i, r in enumerate(records):
+            report(progress, 0.3 + 0.4 * i / world, f"indexing shard {r.rank + 1} of {world}")
+            index_shard(out_dir, r.rank, world)
+    factory = json.loads((out_dir / "trained.json").read_text())["factory"]
+
+    report(progress, 0.7, f"merging {world} shard indexes")
+    index = None
+    for r in sorted(records, key=lambda r: r.start):  # row order: flat codes are appended
+        part = load_index(out_dir / (shard_stem(r.rank, world, "index") + ".faiss"))
+        if index is None:
+            index = part
+            continue
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.merge_from(faiss.extract_index_ivf(part), 0)
+            index.ntotal = ivf.ntotal  # a wrapper (e.g. PCA,IVF) keeps its own count
+        else:
+            index.merge_from(part, 0)
+        del part
+    if index.ntotal != n:
+        raise BundleError(f"The merged index holds {index.ntotal:,} vectors for {n:,} cells: re-run merge-shards.")
+    info = IndexInfo(factory=factory, metric=metric, n=n, dim=dim)
+    if faiss.try_extract_index_ivf(index) is not None:
+        report(progress, 0.8, "tuning nprobe")
+        info.nprobe, info.recall_at_10 = _tune_nprobe(index, embedding, metric, target_recall,
+                                                      np.random.default_rng(seed))
+    save_index(index, out_dir / "index.faiss")
+    meta = {"name": name, "index": info.to_dict(), "world_size": world, "n_cells": n, "dim": dim,
+            "method": first.method, "checkpoint": first.checkpoint, "model_hash": first.model_hash,
+            "bundle": first.bundle, "shards": [[r.start, r.stop] for r in sorted(records, key=lambda r: r.start)]}
+    write_json(out_dir / "merged.json", meta)
+    result = MergeResult(embedding=target, index=out_dir / "index.faiss", info=info.to_dict(), name=name)
+    if bundle is not None:
+        report(progress, 0.9, "registering the embedding in the bundle")
+        result.bundle = _register(Path(bundle), result, meta)
+    report(progress, 1.0, "merged")
+    return result
+
+
+def _is_default(manifest: dict, name: str) -> bool:
+    return manifest["embedding"]["default"] == name or manifest["index"].get("embedding") == name
+
+
+def _check_bundle(bundle: Path, record: ShardRecord, name: str) -> None:
+    """Refuse, before any work, to register shards in a bundle of other cells, or over its default from another model."""
+    from engine.atlas import read_atlas
+
+    atlas = read_atlas(bundle)
+    if atlas.manifest["gene_hash"] != record.gene_hash or atlas.n_cells != record.n_cells:
+        raise InputError(f"The shards embed another bundle ({record.bundle}, {record.n_cells:,} cells) than {bundle} "
+                         f"({atlas.n_cells:,} cells): register them in the bundle they were made from.")
+    if _is_default(atlas.manifest, name) and _checkpoint_hash(bundle / "model") != record.model_hash:
+        raise InputError(f"{bundle}'s default embedding is {name} from another model: registering this one would "
+                         "leave its map and model stale. Merge without --bundle, or embed with the bundle's model.")
+
+
+def _register(bundle: Path, result: MergeResult, meta: dict) -> Path:
+    """Copy the merged embedding and index into ``bundle`` and list them in its manifest (written last).
+
+    An embedding named like the bundle's default one replaces it only when it comes from the
+    bundle's own model (same checkpoint files): the map and the default index then stay true,
+    and the manifest's index entry describes the merged index.
+    """
+    from engine.atlas import read_atlas
+
+    manifest = dict(read_atlas(bundle).manifest)
+    default = _is_default(manifest, result.name)
+    for source, target in ((result.embedding, bundle / "obsm" / f"{result.name}.npy"),
+                           (result.index, bundle / "index" / f"{result.name}.faiss")):
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    available = [e for e in manifest["embedding"]["available"] if e != result.name] + [result.name]
+    manifest["embedding"] = {**manifest["embedding"], "available": available}
+    manifest.setdefault("extra_models", {})[result.name] = {
+        "source": meta["checkpoint"], "model_hash": meta["model_hash"],
+        "sharded": {"world_size": meta["world_size"]},
+        "index": {"path": f"index/{result.name}.faiss", "embedding": result.name, **result.info},
+    }
+    if default:
+        manifest["index"] = {**manifest["index"], "path": f"index/{result.name}.faiss", "embedding": result.name,
+                             **result.info}
+    write_json(bundle / "manifest.json", manifest)
+    return bundle
