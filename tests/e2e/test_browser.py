@@ -66,7 +66,13 @@ def screenshot(page, directory, name: str) -> None:
 
 
 def pick(page, label: str, text: str) -> None:
-    """Type ``text`` into the select box or multiselect labelled ``label`` and choose it.
+    """Type ``text`` into the select box or multiselect labelled ``label``, choose it, wait until idle."""
+    choose(page, label, text)
+    wait_idle(page)
+
+
+def choose(page, label: str, text: str) -> None:
+    """Type ``text`` into the select box or multiselect labelled ``label`` and choose it (no waiting for the rerun).
 
     The option named exactly ``text`` is clicked (a multiselect takes Enter as "all
     matches"); free text with no such option is entered with Enter.
@@ -82,7 +88,6 @@ def pick(page, label: str, text: str) -> None:
         option.first.click()
     else:
         page.keyboard.press("Enter")
-    wait_idle(page)
 
 
 @pytest.fixture(scope="module")
