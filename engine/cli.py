@@ -303,7 +303,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.command == "embed-shards":
         return _embed_shards(args)
     if args.command == "merge-shards":
-        from engine.shards import merge_shards
+        from engine.shard_merge import merge_shards
 
         with TqdmProgress("merge") as progress:
             result = merge_shards(args.dir, bundle=args.bundle, factory=args.factory, seed=args.seed,

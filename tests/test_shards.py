@@ -19,7 +19,8 @@ from engine.errors import InputError
 from engine.index import build_index, load_index
 from engine.models.serialize import load_model
 from engine.models.train import embed_atlas
-from engine.shards import ShardRecord, embed_shards, merge_shards, read_shards, shard_ranges, shard_stem
+from engine.shard_merge import merge_shards
+from engine.shards import ShardRecord, embed_shards, read_shards, shard_ranges, shard_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 
