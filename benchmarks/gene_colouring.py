@@ -35,11 +35,12 @@ def pick_genes(var: pd.DataFrame, n: int) -> np.ndarray:
     return order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
 
 
-def soma_column(atlas, gene: int) -> np.ndarray:
-    """One gene for every cell, read from the SOMA ``lognorm`` layer (the row-order store)."""
+def soma_column(atlas, gene: int, n_rows: int | None = None) -> np.ndarray:
+    """One gene for every cell (or the first ``n_rows``), read from the SOMA ``lognorm`` layer (row order)."""
     array = atlas.store._experiment.ms[MEASUREMENT].X[LOGNORM]
-    values = np.zeros(atlas.n_cells, dtype=np.float32)
-    for table in array.read(coords=(slice(None), [int(gene)])).tables():
+    n_rows = atlas.n_cells if n_rows is None else min(n_rows, atlas.n_cells)
+    values = np.zeros(n_rows, dtype=np.float32)
+    for table in array.read(coords=(slice(0, n_rows - 1), [int(gene)])).tables():
         values[table["soma_dim_0"].to_numpy()] = table["soma_data"].to_numpy()
     return values
 

@@ -54,3 +54,33 @@ def test_bad_embeddings_are_refused(tmp_path):
         build_index(np.zeros((0, 4), dtype=np.float32))
     with pytest.raises(BundleError, match="missing"):
         load_index(tmp_path / "nope.faiss")
+
+
+def test_hnsw_quantizer_explores_at_least_twice_the_lists_probed(tmp_path):
+    import faiss
+
+    from engine.index import set_nprobe
+
+    index, info = build_index(clustered(20_000), factory="IVF64_HNSW32,Flat")
+    set_nprobe(index, 40)  # more lists than FAISS's default efSearch (16) would return well
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.nprobe == 40 and faiss.downcast_index(ivf.quantizer).hnsw.efSearch >= 80
+    save_index(index, tmp_path / "ivf.faiss")
+    again = load_index(tmp_path / "ivf.faiss", nprobe=40)
+    loaded = faiss.extract_index_ivf(again)  # a view into `again`, which must stay alive
+    assert loaded.nprobe == 40 and faiss.downcast_index(loaded.quantizer).hnsw.efSearch >= 80
+
+
+def test_ivf_training_uses_gpus_only_when_present():
+    import faiss
+
+    from engine.index import use_gpus_for_training
+
+    index = faiss.index_factory(16, "IVF64,Flat")
+    used = use_gpus_for_training(index)
+    assert used == (hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
+    if not used:
+        pytest.skip("no GPU (faiss-cpu): training stays on the CPU; the GPU path runs where faiss-gpu sees one")
+    x = clustered(20_000)
+    index, info = build_index(x, factory="IVF64,Flat", target_recall=0.95)
+    assert info.recall_at_10 >= 0.95
