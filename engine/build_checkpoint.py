@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from engine.errors import InputError
-from engine.fileio import atomic_path, write_json
+from engine.fileio import atomic_path, move_into_place, write_json
 from engine.progress import Progress, report
 
 CHECKPOINT_DIR = ".checkpoint"
@@ -246,15 +246,9 @@ def resumable_build(out: str | os.PathLike, source: str | os.PathLike, options: 
         report(progress, 0.0, f"resuming the build in {partial} (done: {', '.join(checkpoint.resumed)})")
     yield checkpoint  # on any exception (KeyboardInterrupt too) the partial directory stays for --resume
     shutil.rmtree(checkpoint.dir, ignore_errors=True)
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out} appeared while building: choose another --out or pass --overwrite.")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        partial.rename(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} appeared while building: choose another --out or pass --overwrite.")
+    move_into_place(partial, out)
 
 
 def _open(partial: Path, fingerprint: dict[str, Any]) -> BuildCheckpoint | None:
