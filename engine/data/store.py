@@ -262,7 +262,7 @@ class ExpressionStore:
         if not (self.path / "soma").exists() or not (self.path / "by_gene" / "segment_ptr.npy").exists():
             raise BundleError(f"The expression store at {self.path} is incomplete or in an older layout: "
                               "rebuild the bundle with `vcell build`.")
-        self._segment_ptr = np.load(self.path / "by_gene" / "segment_ptr.npy")
+        self._segment_ptr = np.load(self.path / "by_gene" / "segment_ptr.npy", mmap_mode="r")
         self._indices = np.load(self.path / "by_gene" / "indices.npy", mmap_mode="r")
         self._data = np.load(self.path / "by_gene" / "data.npy", mmap_mode="r")
 
