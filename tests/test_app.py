@@ -322,3 +322,17 @@ def test_large_atlas_selections_count_every_cell(small_bundle, monkeypatch):
     np.testing.assert_array_equal(maps.selected_cells(lasso, atlas), inside)
     assert len(maps.selected_cells({"selection": {"points": [], "box": [], "lasso": []}}, atlas)) == 0
     assert len(maps.selected_cells(None, atlas)) == 0
+
+
+def test_overlapping_shapes_select_their_union_once():
+    from app.maps import cells_in_shapes
+
+    layout = np.random.default_rng(0).uniform(0, 10, (5000, 2)).astype(np.float32)
+    boxes = [{"x": [1, 6], "y": [1, 6]}, {"x": [4, 9], "y": [4, 9]}]
+    lasso = {"x": [0, 3, 0], "y": [0, 0, 3]}
+    got = cells_in_shapes(layout, [lasso], boxes)
+    x, y = layout[:, 0], layout[:, 1]
+    expected = (((x >= 1) & (x <= 6) & (y >= 1) & (y <= 6)) | ((x >= 4) & (x <= 9) & (y >= 4) & (y <= 9))
+                | (x + y < 3))
+    assert np.array_equal(got, np.flatnonzero(expected))
+    assert np.array_equal(cells_in_shapes(layout, [], boxes[:1]), np.flatnonzero((x >= 1) & (x <= 6) & (y >= 1) & (y <= 6)))
