@@ -7,6 +7,8 @@ on a sample of queries until recall@10 reaches a target. Row ``i`` of the index 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -57,7 +59,8 @@ def choose_factory(n: int, dim: int) -> str:
     return f"IVF{nlist}_HNSW32,Flat"
 
 
-def _metric(name: str) -> int:
+def metric_type(name: str) -> int:
+    """The FAISS metric of ``"l2"`` or ``"ip"`` (inner product on normalised vectors)."""
     import faiss
 
     if name == "l2":
@@ -98,21 +101,35 @@ def build_index(embedding: np.ndarray, *, factory: str | None = None, metric: st
         raise InputError("The embedding contains NaN or infinite values: check the input data and model.")
     n, dim = x.shape
     factory = factory or choose_factory(n, dim)
-    index = faiss.index_factory(dim, factory, _metric(metric))
+    index = faiss.index_factory(dim, factory, metric_type(metric))
     info = IndexInfo(factory=factory, metric=metric, n=n, dim=dim)
     rng = np.random.default_rng(seed)
     if not index.is_trained:
         report(progress, 0.05, f"training {factory}")
-        n_train = min(n, TRAIN_PER_LIST * max(getattr(faiss.extract_index_ivf(index), "nlist", 1), 1))
-        use_gpus_for_training(index)
-        index.train(x[np.sort(rng.choice(n, n_train, replace=False))])
+        train_on_sample(index, n, lambda rows: x[rows], rng)
     for start in range(0, n, CHUNK):
         report(progress, 0.1 + 0.7 * start / n, f"adding vectors to {factory}")
         index.add(np.ascontiguousarray(x[start:start + CHUNK]))
     if "IVF" in factory:
-        info.nprobe, info.recall_at_10 = _tune_nprobe(index, x, metric, target_recall, rng)
+        info.nprobe, info.recall_at_10 = tune_nprobe(index, x, metric, target_recall, rng)
     report(progress, 1.0, "index built")
     return index, info
+
+
+def train_on_sample(index, n: int, rows: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator) -> int:
+    """Train ``index`` on :data:`TRAIN_PER_LIST` vectors per inverted list drawn from ``n`` rows.
+
+    ``rows(positions)`` returns the vectors at sorted ``positions``. k-means runs on GPUs when
+    present (:func:`use_gpus_for_training`). Returns the sample size (0: nothing to train).
+    """
+    import faiss
+
+    if index.is_trained:
+        return 0
+    n_train = min(n, TRAIN_PER_LIST * max(getattr(faiss.try_extract_index_ivf(index), "nlist", 1), 1))
+    use_gpus_for_training(index)
+    index.train(np.ascontiguousarray(rows(np.sort(rng.choice(n, n_train, replace=False))), dtype=np.float32))
+    return n_train
 
 
 def use_gpus_for_training(index) -> bool:
@@ -130,7 +147,7 @@ def use_gpus_for_training(index) -> bool:
     return True
 
 
-def _tune_nprobe(index, x: np.ndarray, metric: str, target: float, rng) -> tuple[int, float]:
+def tune_nprobe(index, x: np.ndarray, metric: str, target: float, rng) -> tuple[int, float]:
     """The smallest ``nprobe`` (within 1/16) whose recall@10 against exact search reaches ``target``.
 
     ``nprobe`` doubles until the target is met, then is bisected between the last two values
@@ -184,7 +201,7 @@ def exact_neighbours(x: np.ndarray, queries: np.ndarray, k: int, metric: str = "
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric == "ip")
     for start in range(0, len(x), CHUNK):
         distances, ids = faiss.knn(queries, np.ascontiguousarray(x[start:start + CHUNK]), min(k, len(x) - start),
-                                   metric=_metric(metric))
+                                   metric=metric_type(metric))
         heap.add_result(distances, np.where(ids >= 0, ids + start, -1))
     heap.finalize()
     return heap.I

@@ -24,7 +24,7 @@ import numpy as np
 from engine.errors import BundleError, InputError
 from engine.fileio import atomic_path, write_json
 from engine.progress import Progress, report
-from engine.shards import TRAINED, ShardRecord, _checkpoint_hash, read_shards, shard_stem
+from engine.shards import TRAINED, ShardRecord, checkpoint_hash, read_shards, shard_stem
 
 __all__ = ["train_shared_index", "index_shard", "merge_shards", "MergeResult"]
 
@@ -49,26 +49,20 @@ def train_shared_index(out_dir: str | os.PathLike, factory: str, *, metric: str 
     """
     import faiss
 
-    from engine.index import TRAIN_PER_LIST, _metric
+    from engine.index import metric_type, save_index, train_on_sample
 
     out_dir = Path(out_dir)
     records = read_shards(out_dir, world_size)
     n, dim = records[0].n_cells, records[0].dim
     try:
-        index = faiss.index_factory(dim, factory, _metric(metric))
+        index = faiss.index_factory(dim, factory, metric_type(metric))
     except RuntimeError as exc:
         raise InputError(f"FAISS cannot make the index '{factory}' ({str(exc).strip().splitlines()[-1]}).") from exc
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None and not isinstance(index, faiss.IndexFlatCodes):
         raise InputError(f"The index '{factory}' cannot be built in shards and merged: use Flat or an IVF factory "
                          "(e.g. IVF4096,Flat or IVF4096_HNSW32,Flat).")
-    n_train = 0
-    if not index.is_trained:
-        n_train = min(n, TRAIN_PER_LIST * max(ivf.nlist if ivf is not None else 1, 1))
-        sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
-        index.train(np.ascontiguousarray(_rows(out_dir, records, sample)))
-    from engine.index import save_index
-
+    n_train = train_on_sample(index, n, lambda rows: _rows(out_dir, records, rows), np.random.default_rng(seed))
     save_index(index, out_dir / TRAINED)
     write_json(out_dir / "trained.json", {"factory": factory, "metric": metric, "seed": seed, "n_train": n_train,
                                           "world_size": records[0].world_size, "key": uuid.uuid4().hex,
@@ -159,7 +153,7 @@ def merge_shards(out_dir: str | os.PathLike, *, bundle: str | os.PathLike | None
     import faiss
 
     from engine.embed import embedding_name
-    from engine.index import CHUNK, IndexInfo, _tune_nprobe, choose_factory, load_index, save_index
+    from engine.index import CHUNK, IndexInfo, tune_nprobe, choose_factory, load_index, save_index
 
     out_dir = Path(out_dir)
     records = read_shards(out_dir)
@@ -211,7 +205,7 @@ def merge_shards(out_dir: str | os.PathLike, *, bundle: str | os.PathLike | None
     info = IndexInfo(factory=factory, metric=metric, n=n, dim=dim)
     if faiss.try_extract_index_ivf(index) is not None:
         report(progress, 0.8, "tuning nprobe")
-        info.nprobe, info.recall_at_10 = _tune_nprobe(index, embedding, metric, target_recall,
+        info.nprobe, info.recall_at_10 = tune_nprobe(index, embedding, metric, target_recall,
                                                       np.random.default_rng(seed))
     save_index(index, out_dir / "index.faiss")
     meta = {"name": name, "index": info.to_dict(), "world_size": world, "n_cells": n, "dim": dim,
@@ -238,7 +232,7 @@ def _check_bundle(bundle: Path, record: ShardRecord, name: str) -> None:
     if atlas.manifest["gene_hash"] != record.gene_hash or atlas.n_cells != record.n_cells:
         raise InputError(f"The shards embed another bundle ({record.bundle}, {record.n_cells:,} cells) than {bundle} "
                          f"({atlas.n_cells:,} cells): register them in the bundle they were made from.")
-    if _is_default(atlas.manifest, name) and _checkpoint_hash(bundle / "model") != record.model_hash:
+    if _is_default(atlas.manifest, name) and checkpoint_hash(bundle / "model") != record.model_hash:
         raise InputError(f"{bundle}'s default embedding is {name} from another model: registering this one would "
                          "leave its map and model stale. Merge without --bundle, or embed with the bundle's model.")
 

@@ -54,7 +54,7 @@ def shard_stem(rank: int, world_size: int, kind: str = "embedding") -> str:
     return f"{kind}-{rank:05d}-of-{world_size:05d}"
 
 
-def _checkpoint_hash(checkpoint: Path) -> str:
+def checkpoint_hash(checkpoint: Path) -> str:
     """sha256 over a checkpoint directory's files (names and contents), so shards of different models never mix."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
@@ -184,9 +184,9 @@ class _ShardWriter(BasePredictionWriter):
 
 def _cluster_devices(devices: Any, num_nodes: int | None) -> tuple[Any, int]:
     """Processes per node and node count: from torchrun or SLURM when they started us, else as given."""
-    from engine.models.train import _torchrun_devices
+    from engine.models.train import torchrun_devices
 
-    devices = _torchrun_devices(devices)
+    devices = torchrun_devices(devices)
     env = os.environ
     if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
         num_nodes = num_nodes or max(int(env["WORLD_SIZE"]) // int(env["LOCAL_WORLD_SIZE"]), 1)
@@ -251,7 +251,7 @@ def embed_shards(bundle: str | os.PathLike, checkpoint: str | os.PathLike, out_d
     with torch.inference_mode():
         dim = int(model.embed(torch.zeros(1, len(genes))).shape[1])
     record = {"n_cells": int(atlas.n_cells), "method": str(model.config.get("method", "model")),
-              "model_hash": _checkpoint_hash(checkpoint), "gene_hash": str(atlas.manifest["gene_hash"]),
+              "model_hash": checkpoint_hash(checkpoint), "gene_hash": str(atlas.manifest["gene_hash"]),
               "bundle": str(bundle.resolve()), "checkpoint": str(checkpoint.resolve())}
     devices, num_nodes = _cluster_devices(devices, num_nodes)
     if strategy is None:

@@ -221,7 +221,7 @@ def _needs_counts(method: str, config: dict[str, Any]) -> bool | None:
     return None if method in ("byol", "barlow") or config.get("decoder") == "nb" else False
 
 
-def _torchrun_devices(devices):
+def torchrun_devices(devices):
     """Under torchrun, Lightning must be told the processes torchrun started on this node."""
     if devices == "auto" and "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
         return int(os.environ["LOCAL_WORLD_SIZE"])
@@ -330,7 +330,7 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
         extra_callbacks.append(_ProgressHook(progress, epochs))
     if progress_bar:
         extra_callbacks.append(L.pytorch.callbacks.TQDMProgressBar())
-    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=_torchrun_devices(devices),
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=torchrun_devices(devices),
                         strategy=strategy, deterministic="warn", callbacks=extra_callbacks,
                         enable_progress_bar=progress_bar, enable_model_summary=False, logger=False,
                         default_root_dir=out, num_sanity_val_steps=0, log_every_n_steps=10)
