@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from plotly.colors import qualitative
 
-from engine.atlas import Atlas, read_atlas
+from engine.bundle.atlas import Atlas, read_atlas
 from engine.errors import VCellError
 
 BUNDLE_ENV = "VCELL_BUNDLE"

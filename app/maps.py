@@ -2,7 +2,7 @@
 
 Every map point carries its true cell position as ``customdata[0]``, so lasso / box
 selections map back to cells. Above :data:`MAX_MAP_POINTS` cells the map draws an image of every
-cell (rendered on the server, :func:`engine.raster.rasterise`) under an interactive WebGL sample,
+cell (rendered on the server, :func:`engine.space.raster.rasterise`) under an interactive WebGL sample,
 and lasso / box selections are resolved against every cell's layout position.
 """
 
@@ -18,9 +18,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.components import ACCENT, GREY, ROLE_LABELS, category_colours, role_columns
-from engine.atlas import Atlas
-from engine.raster import points_in_box, points_in_polygon, rasterise
-from engine.selection import SelectionSummary
+from engine.bundle.atlas import Atlas
+from engine.space.raster import points_in_box, points_in_polygon, rasterise
+from engine.space.selection import SelectionSummary
 
 MAX_MAP_POINTS = 50_000
 """Above this many cells the interactive map draws a reproducible random sample over an image of all cells.

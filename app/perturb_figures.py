@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 
 from app.components import ACCENT
 from app.maps import map_figure
-from engine.atlas import Atlas
-from engine.perturb_conditions import ReversalResult
-from engine.virtual_cell import ModelPerturbResult
+from engine.bundle.atlas import Atlas
+from engine.perturb.conditions import ReversalResult
+from engine.perturb.counterfactual import ModelPerturbResult
 
 MAX_ARROWS = 300
 N_BARS = 20
@@ -85,7 +85,7 @@ def _gene_scatter(fig: go.Figure, genes: pd.DataFrame, x: str, y: str, name: str
 def conditions_figure(table: pd.DataFrame, a: str, b: str) -> go.Figure:
     """Predicted effect in condition A against B per gene (targets excluded), padj < 0.1 highlighted.
 
-    ``table`` is a :func:`~engine.perturb_conditions.compare_conditions_effect` table.
+    ``table`` is a :func:`~engine.perturb.conditions.compare_conditions_effect` table.
     """
     rest = table[~table["is_target"]]
     significant = rest["padj"].fillna(1.0) < SIGNIFICANT_PADJ
@@ -116,7 +116,7 @@ def reversal_figure(reversal: ReversalResult) -> go.Figure:
 def additive_figure(table: pd.DataFrame) -> go.Figure:
     """Joint prediction of a combination against the sum of its single-gene predictions (targets excluded).
 
-    ``table`` is an :func:`~engine.perturb_baselines.additive_combination` table.
+    ``table`` is an :func:`~engine.perturb.baselines.additive_combination` table.
     """
     rest = table[~table["is_target"]]
     fig = go.Figure()

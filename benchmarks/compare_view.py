@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.atlas import read_atlas  # noqa: E402
-from engine.compare import compare_conditions  # noqa: E402
-from engine.composition import composition_shift  # noqa: E402
-from engine.dotplot import dot_plot_table, top_genes  # noqa: E402
-from engine.pseudobulk import cached_de, contrast_de  # noqa: E402
-from engine.shift import atlas_embedding_shift  # noqa: E402
+from engine.bundle.atlas import read_atlas  # noqa: E402
+from engine.compare.conditions import compare_conditions  # noqa: E402
+from engine.compare.composition import composition_shift  # noqa: E402
+from engine.compare.dotplot import dot_plot_table, top_genes  # noqa: E402
+from engine.compare.pseudobulk import cached_de, contrast_de  # noqa: E402
+from engine.compare.shift import atlas_embedding_shift  # noqa: E402
 
 
 def timed(call) -> tuple[float, object]:

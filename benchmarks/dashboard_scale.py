@@ -42,7 +42,7 @@ from matplotlib.path import Path as Polygon
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from app.components import colour_columns, column_label  # noqa: E402
-from engine.atlas import Atlas, read_atlas  # noqa: E402
+from engine.bundle.atlas import Atlas, read_atlas  # noqa: E402
 from engine.fileio import write_json  # noqa: E402
 from mdtable import markdown  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, serve_bundle  # noqa: E402

@@ -3,7 +3,7 @@
     python benchmarks/gene_colouring.py BUNDLE [--genes 20] [--baseline-genes 1]
 
 For ``--genes`` genes spread over expression levels (highly variable first, by mean), times
-:meth:`engine.atlas.Atlas.gene_values` (``store/by_gene``: one slice per gene, memory-mapped),
+:meth:`engine.bundle.atlas.Atlas.gene_values` (``store/by_gene``: one slice per gene, memory-mapped),
 the first read of each gene and a repeat, and checks the values against a read of the same
 column from the SOMA ``lognorm`` layer (the baseline: the row-major store, where a column means
 visiting every tile) for ``--baseline-genes`` of them. Prints one markdown table.
@@ -25,7 +25,7 @@ import pandas as pd
 
 from mdtable import markdown
 
-from engine.atlas import read_atlas
+from engine.bundle.atlas import read_atlas
 from engine.data.store import LOGNORM, MEASUREMENT
 
 

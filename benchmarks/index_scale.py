@@ -29,7 +29,7 @@ import pandas as pd
 
 from mdtable import markdown
 
-from engine.index import build_index, exact_neighbours, recall_at_k
+from engine.space.index import build_index, exact_neighbours, recall_at_k
 
 DIM = 64
 N_QUERIES = 1000
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     if args.bundle:
-        from engine.atlas import read_atlas
+        from engine.bundle.atlas import read_atlas
 
         atlas = read_atlas(args.bundle)
         x = np.asarray(atlas.embedding(), dtype=np.float32)
@@ -137,7 +137,7 @@ def main() -> None:
              "x exact": 1.0, "index GiB": n * x.shape[1] * 4 / 2**30}]
     print(f"exact: {exact_qps:,.0f} queries/s", flush=True)
     if args.prebuilt:
-        from engine.index import load_index
+        from engine.space.index import load_index
 
         info = atlas.manifest["index"]
         index = load_index(atlas.path / info["path"])

@@ -1,4 +1,4 @@
-"""Benchmark: label transfer (`vcell annotate`, engine.label_transfer) accuracy, time and memory.
+"""Benchmark: label transfer (`vcell annotate`, engine.annotate.label_transfer) accuracy, time and memory.
 
 1. **Held-out donors, Kang control PBMC** (kang_ctrl_reference.h5ad, 5 donors, 4 types): for each donor,
    reference = the other four, query = that donor; macro-F1, accuracy (``unknown`` counts as wrong) and %
@@ -31,7 +31,7 @@ from sklearn.metrics import f1_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_bundle import run  # noqa: E402  (wall seconds and peak RSS of one child process)
 
-from engine.label_transfer import CellData, read_cells, transfer_labels  # noqa: E402
+from engine.annotate.label_transfer import CellData, read_cells, transfer_labels  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NAME_MAP = {"B cells": {"B"}, "CD14+ Monocytes": {"CD14 Mono"}, "FCGR3A+ Monocytes": {"CD16 Mono"},
@@ -89,7 +89,7 @@ def across_data_sets(thresholds: list[float]) -> tuple[pd.DataFrame, pd.DataFram
 
 def scale(big: Path, reference: Path) -> dict:
     """Section 3: `vcell annotate` of ``big`` from ``reference`` in a child process; time, peak, accuracy."""
-    from engine.atlas import read_atlas
+    from engine.bundle.atlas import read_atlas
 
     with tempfile.TemporaryDirectory(dir=big.parent) as tmp:
         out = Path(tmp) / "annotated.vcell"

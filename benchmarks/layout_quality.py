@@ -2,7 +2,7 @@
 
 On a bundle (default: the 200k-cell generated one from ``benchmarks/scale.py``), the bundle's
 own layout (UMAP on landmark cells, every other cell placed among its nearest landmarks;
-:func:`engine.layout.umap_layout`) is compared with a full UMAP of every cell (the same function
+:func:`engine.space.layout.umap_layout`) is compared with a full UMAP of every cell (the same function
 with as many landmarks as cells), on the same embedding:
 
 - ``knn_preserved@15``: for 2,000 random cells, the share of their 15 nearest neighbours in the
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from mdtable import markdown
 
-from engine.index import exact_neighbours
+from engine.space.index import exact_neighbours
 
 K = 15
 
@@ -49,8 +49,8 @@ def trust(embedding: np.ndarray, layout: np.ndarray, rows: np.ndarray, k: int = 
 
 def main() -> None:
     """Compute the full UMAP, score both layouts and a random one, print one table."""
-    from engine.atlas import read_atlas
-    from engine.layout import umap_layout
+    from engine.bundle.atlas import read_atlas
+    from engine.space.layout import umap_layout
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="/tmp/scale/gen_200000.vcell")

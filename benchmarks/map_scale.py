@@ -4,11 +4,11 @@ Points: ``--cells`` synthetic 2-D layout positions in ``--clusters`` Gaussian cl
 size and spread (like a UMAP of cell types), with a category per cell (its cluster, ``--clusters``
 categories) and a float value. Timed (the first run, and the median of ``--repeats`` more):
 
-- :func:`engine.raster.rasterise` (the full RGBA image) by category and by value (pixel mean),
+- :func:`engine.space.raster.rasterise` (the full RGBA image) by category and by value (pixel mean),
   against a pandas ``groupby`` over the same pixel indices (the counts or means only, no image);
-- :func:`engine.raster.points_in_polygon` for a 200-vertex lasso holding ~5% of the cells,
+- :func:`engine.space.raster.points_in_polygon` for a 200-vertex lasso holding ~5% of the cells,
   against :meth:`matplotlib.path.Path.contains_points` over every cell (no prefilter);
-- :func:`engine.raster.points_in_box`, against the box as a path tested over every cell.
+- :func:`engine.space.raster.points_in_box`, against the box as a path tested over every cell.
 
 Usage::
 
@@ -31,7 +31,7 @@ import pandas as pd
 from matplotlib.path import Path
 
 sys.path.insert(0, str(FilePath(__file__).resolve().parents[1]))
-from engine.raster import data_extent, pixel_index, points_in_box, points_in_polygon, rasterise  # noqa: E402
+from engine.space.raster import data_extent, pixel_index, points_in_box, points_in_polygon, rasterise  # noqa: E402
 from mdtable import markdown  # noqa: E402
 
 WIDTH = 800

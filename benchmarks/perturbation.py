@@ -15,7 +15,7 @@ the same clamp). Per method (model, no change, ridge):
 Then times one population of 10,000 cells with 16 masks (the model alone, and the whole call).
 
 With ``--part real`` (or ``both``): the interferon-beta response of ``kang_ifnb_1k.h5ad``, each cell
-type left out in turn (:mod:`engine.perturb_evaluation`): its STIM profile predicted from its CTRL
+type left out in turn (:mod:`engine.perturb.evaluation`): its STIM profile predicted from its CTRL
 cells and the other types' response, by no change, expression arithmetic and the MAE's latent
 arithmetic, the MAE retrained per held-out type without its STIM cells (per seed); the bundle's
 own MAE (which saw those cells) is scored too, to show what that leak is worth.
@@ -39,8 +39,9 @@ import pandas as pd
 
 from mdtable import markdown
 
-from engine.perturb import NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec
-from engine.virtual_cell import MODEL_METHOD, load_mae, model_shift, perturb_with_model
+from engine.perturb.spec import NO_CHANGE_METHOD, RIDGE_METHOD, PerturbationSpec
+from engine.perturb.virtual_cell import MODEL_METHOD, model_shift
+from engine.perturb.counterfactual import load_mae, perturb_with_model
 
 MODES = {"ko": None, "kd": 0.5, "oe": 4.0}
 TOP = 20
@@ -49,7 +50,7 @@ TOP = 20
 def prepare(work: Path, n_cells: int, epochs: int, seed: int, model_seeds: int = 1) -> tuple[Path, Path]:
     """The generated atlas directory and its MAE bundle (made when missing)."""
     from engine.cli import main
-    from engine.data.generate import generate_atlas
+    from engine.data.synth.generate import generate_atlas
 
     source = work / f"gen{n_cells}"
     bundle = work / (f"gen{n_cells}.vcell" if model_seeds == 1 else f"gen{n_cells}_seeds{model_seeds}.vcell")
@@ -129,9 +130,9 @@ def time_population(atlas, n_cells: int = 10_000, n_masks: int = 16, seed: int =
 
 def real_response(kang: Path, work: Path, epochs: int, seeds: Sequence[int]) -> None:
     """Leave-one-cell-type-out on the Kang interferon-beta data: print per-type and summary tables."""
-    from engine.atlas import Atlas
+    from engine.bundle.atlas import Atlas
     from engine.cli import main as cli
-    from engine.perturb_evaluation import holdout_condition_response, holdout_trainer, summarise_response
+    from engine.perturb.evaluation import holdout_condition_response, holdout_trainer, summarise_response
 
     bundle = work / f"kang_mae_{epochs}.vcell"
     if not bundle.exists():
@@ -158,8 +159,8 @@ def real_response(kang: Path, work: Path, epochs: int, seeds: Sequence[int]) -> 
 
 def main() -> None:
     """Run the benchmark and print the tables."""
-    from engine.atlas import Atlas
-    from engine.data.generate import load_truth
+    from engine.bundle.atlas import Atlas
+    from engine.data.synth.generate import load_truth
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/vc_bench")

@@ -1,10 +1,10 @@
 """Pseudobulk DE on a generated atlas: recovery of the known truth, time and memory.
 
 Generates an atlas (``vcell generate``), builds it, runs pseudobulk DESeq2 for every cell type x
-non-reference condition (:func:`engine.pseudobulk.precompute_de`) and scores it against
+non-reference condition (:func:`engine.compare.pseudobulk.precompute_de`) and scores it against
 ``truth/de.csv`` (every gene whose population mean truly changes in that cell type and
 condition): precision and recall at padj < 0.05. The cell-level Wilcoxon test
-(:func:`engine.compare.compare_conditions`, subsampled to 20,000 cells per side as in the app)
+(:func:`engine.compare.conditions.compare_conditions`, subsampled to 20,000 cells per side as in the app)
 is scored beside it on the same contrasts. Time and peak memory (RSS of the process and its
 worker processes, sampled from /proc) of each DE step are reported.
 
@@ -30,14 +30,15 @@ from pathlib import Path
 import pandas as pd
 import scipy.sparse as sp
 
-from engine.atlas import read_atlas
-from engine.build import BuildOptions, build_atlas
-from engine.compare import compare_conditions
-from engine.data.generate import generate_atlas, load_truth
+from engine.bundle.atlas import read_atlas
+from engine.build.pipeline import build_atlas
+from engine.build.prepare import BuildOptions
+from engine.compare.conditions import compare_conditions
+from engine.data.synth.generate import generate_atlas, load_truth
 from engine.data.normalise import normalise_log1p
 from engine.errors import VCellError
-from engine.pseudobulk import cached_de, precompute_de, pseudobulk_de
-from engine.summaries import Summaries, compute_summaries
+from engine.compare.pseudobulk import cached_de, precompute_de, pseudobulk_de
+from engine.bundle.summaries import Summaries, compute_summaries
 
 PADJ = 0.05
 

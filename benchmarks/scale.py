@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py --cells 1000000,10000000 --work /tmp/scale [--median-umis 1500]
 
-For each size: generates ``WORK/gen_N`` with :func:`engine.data.generate.generate_atlas` (seed 0;
+For each size: generates ``WORK/gen_N`` with :func:`engine.data.synth.generate.generate_atlas` (seed 0;
 reused when there with the same parameters), builds ``WORK/gen_N.vcell`` with the streaming build
 (seconds and peak RSS per step, sampled from ``/proc/self/status`` every 50 ms), then times on the
 bundle: FAISS search against exact search, colouring by a gene against a column of the SOMA
@@ -89,7 +89,7 @@ class StepRecorder:
 
 def generated(n_cells: int, work: Path, median_umis: float, n_genes: int | None, jobs: int) -> Path:
     """``WORK/gen_N``, generated with seed 0 unless already there with the same parameters."""
-    from engine.data.generate import generate_atlas
+    from engine.data.synth.generate import generate_atlas
 
     source = work / f"gen_{n_cells}"
     info = source / "generated.json"
@@ -106,7 +106,8 @@ def generated(n_cells: int, work: Path, median_umis: float, n_genes: int | None,
 def build(n_cells: int, work: Path, median_umis: float = 4000.0, n_genes: int | None = None,
           jobs: int = 2) -> dict:
     """Generate (or reuse) and build one atlas; per-step seconds and peak RSS."""
-    from engine.build import BuildOptions, build_atlas
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
 
     source = generated(n_cells, work, median_umis, n_genes, jobs)
     out = work / f"gen_{n_cells}.vcell"
@@ -132,9 +133,9 @@ def measure(bundle: Path, n_genes: int = 10, repeats: int = 3) -> list[dict]:
     from gene_colouring import pick_genes, soma_column
     from map_scale import lasso_holding, pandas_majority, timed
 
-    from engine.atlas import read_atlas
-    from engine.index import exact_neighbours, load_index, recall_at_k
-    from engine.raster import points_in_polygon, rasterise
+    from engine.bundle.atlas import read_atlas
+    from engine.space.index import exact_neighbours, load_index, recall_at_k
+    from engine.space.raster import points_in_polygon, rasterise
 
     atlas = read_atlas(bundle)
     rows = []

@@ -28,8 +28,9 @@ METHODS = ("mae", "gp-mae", "byol", "barlow")
 
 
 def bundle_for(cache: Path, n_cells: int, n_genes: int) -> Path:
-    from engine.build import BuildOptions, build_atlas
-    from engine.data.generate import generate_atlas
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
+    from engine.data.synth.generate import generate_atlas
 
     out = cache / f"generated-{n_cells}x{n_genes}.vcell"
     if not out.exists():
@@ -97,7 +98,7 @@ def _sync(device):
 
 
 def main() -> None:
-    from engine.atlas import read_atlas
+    from engine.bundle.atlas import read_atlas
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)

@@ -5,7 +5,7 @@ Target: ``kang_ifnb_donors.h5ad`` (1,556 PBMCs, 5 cell types, 2 donors x control
 (101 / 107) is derived: holding out a sample would leave the same donor's other sample in the reference.
 
 A masked autoencoder is pretrained, without labels, on each corpus (raw counts restricted to the
-target's genes with :func:`engine.transfer.write_union`; a source lacking a kept gene reads 0 there):
+target's genes with :func:`engine.evaluate.transfer.write_union`; a source lacking a kept gene reads 0 there):
 
 * ``target`` -- the target's own cells (in-domain SSL; it sees the held-out donor's cells unlabelled);
 * ``generated`` -- a generated atlas (``vcell generate``; negative-binomial cells from pbmc68k profiles);
@@ -90,7 +90,7 @@ def corpora(target: ad.AnnData, work: Path, n_generated: int) -> dict[str, dict]
 def pretrain_corpus(name: str, sources: dict, genes, work: Path, budget: int, seed: int) -> tuple[Path, dict]:
     """Write, build and pretrain one corpus; its checkpoint and a description."""
     from engine.models.train import pretrain
-    from engine.transfer import write_union
+    from engine.evaluate.transfer import write_union
 
     slug = name.replace("+", "_")
     path, report = write_union(sources, genes, work / f"corpus-{slug}.h5ad")
@@ -123,7 +123,7 @@ def paired(results: pd.DataFrame, score: str, baseline: str, label: str) -> pd.S
 
 def report(results: dict[str, pd.DataFrame]) -> None:
     """Print the scores per regime, the paired differences and the reconstruction table."""
-    from engine.evaluate import summarise
+    from engine.evaluate.metrics import summarise
 
     parts, deltas = [], []
     for label, frame in results.items():
@@ -142,7 +142,7 @@ def report(results: dict[str, pd.DataFrame]) -> None:
 def main() -> None:
     import torch
 
-    from engine.evaluate_bundle import evaluate_bundle
+    from engine.evaluate.suite import evaluate_bundle
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/vcell-transfer", help="scratch directory (data are not copied "

@@ -35,7 +35,8 @@ def counts_adata() -> ad.AnnData:
 
 def _build_shared_bundle(tmp_path_factory, file_name: str, **options):
     """Build a bundle from a file in ../shared/data once per test session."""
-    from engine.build import BuildOptions, build_atlas
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
 
     source = shared_file(file_name)
     out = tmp_path_factory.mktemp("bundles") / (Path(file_name).stem + ".vcell")
@@ -64,8 +65,9 @@ def kang_donors_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory) -> Path:
     """A bundle of a generated atlas of 3,000 cells (three conditions, donors, batches), built once."""
-    from engine.build import BuildOptions, build_atlas
-    from engine.data.generate import generate_atlas
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
+    from engine.data.synth.generate import generate_atlas
 
     root = tmp_path_factory.mktemp("small_bundle")
     source = generate_atlas(root / "generated-3000", 3000, seed=0)
@@ -90,7 +92,7 @@ def covid_annotated_bundle(covid_bundle, tmp_path_factory) -> Path:
     ``cell_type`` holds the transferred labels (``"unknown"`` below the default threshold),
     ``cell_type_confidence`` the vote share and ``cluster`` the previous Leiden clusters.
     """
-    from engine.annotate import annotate_bundle
+    from engine.annotate.apply import annotate_bundle
 
     out = tmp_path_factory.mktemp("annotated") / "covid_annotated.vcell"
     annotate_bundle(covid_bundle, shared_file("kang_ifnb_1k.h5ad"), out=out)

@@ -64,7 +64,7 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
 
 def assert_same_bundle(memory, streamed) -> None:
     """Assert that two bundles (``Atlas``) hold the same data (e.g. in-memory vs streaming builds)."""
-    from engine.atlas import validate_atlas
+    from engine.bundle.atlas import validate_atlas
 
     assert validate_atlas(streamed.path) == []
     pd.testing.assert_frame_equal(memory.obs, streamed.obs)

@@ -9,12 +9,13 @@ from app.compare_figures import composition_figure, dot_plot_figure, shift_figur
 from app.components import (current_atlas, download_csv, guard, page_header, progress_bar, remembered,
                             role_columns)
 from app.maps import Colouring, gene_colouring, obs_colouring, split_map_figure
-from engine.atlas import Atlas
-from engine.compare import CompareResult, compare_conditions, select_cells, volcano_frame
-from engine.composition import composition, composition_shift
-from engine.dotplot import dot_plot_table, top_genes
+from engine.bundle.atlas import Atlas
+from engine.compare.conditions import CompareResult, compare_conditions, volcano_frame
+from engine.bundle.select import select_cells
+from engine.compare.composition import composition, composition_shift
+from engine.compare.dotplot import dot_plot_table, top_genes
 from engine.fileio import safe_name
-from engine.shift import atlas_embedding_shift
+from engine.compare.shift import atlas_embedding_shift
 
 ALL = "All cell types"
 PSEUDOBULK = "Pseudobulk (donors as replicates)"

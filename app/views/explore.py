@@ -8,8 +8,8 @@ import streamlit as st
 from app.components import colour_columns, column_label, current_atlas, gene_options, guard, page_header
 from app.maps import (Colouring, gene_colouring, map_caption, map_figure, obs_colouring, show_breakdown,
                       show_map)
-from engine.atlas import Atlas
-from engine.selection import summarise_selection
+from engine.bundle.atlas import Atlas
+from engine.space.selection import summarise_selection
 
 SELECTION_KEY = "selection"  # handed to the Neighbours page: {"cells": array, "label": str}
 

@@ -8,8 +8,8 @@ import streamlit as st
 
 from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
                             show_table)
-from engine.atlas import Atlas
-from engine.evaluate_bundle import RESPONSE_DIR, load_evaluation
+from engine.bundle.atlas import Atlas
+from engine.evaluate.suite import RESPONSE_DIR, load_evaluation
 
 TOP_CELL_TYPES = 30
 QUALITY_LABELS = {"pca_explained_variance": "PCA explained variance", "index_recall_at_10": "Index recall@10",

@@ -7,9 +7,9 @@ import streamlit as st
 
 from app.components import current_atlas, download_csv, guard, page_header, remembered, role_columns
 from app.maps import Overlay, map_caption, map_figure, show_breakdown, show_map
-from engine.atlas import Atlas
+from engine.bundle.atlas import Atlas
 from engine.errors import InputError
-from engine.neighbours import NeighbourResult, find_neighbours
+from engine.space.neighbours import NeighbourResult, find_neighbours
 
 SELECTION_KEY = "selection"  # written by the Explore page: {"cells": array, "label": str}
 FROM_SELECTION = "The Explore selection"

@@ -12,14 +12,15 @@ from app.components import current_atlas, download_csv, gene_options, guard, pag
 from app.maps import Overlay, map_figure, show_map
 from app.perturb_figures import additive_figure, arrows_figure, conditions_figure, reversal_figure, shift_figure, \
     versus_figure
-from engine.atlas import Atlas
-from engine.compare import select_cells
+from engine.bundle.atlas import Atlas
+from engine.bundle.select import select_cells
 from engine.errors import InputError
 from engine.fileio import safe_name
-from engine.perturb import DEFAULT_STRENGTH, MAX_GENES, PerturbResult, perturb
-from engine.perturb_baselines import LatentTransferResult, additive_combination, latent_transfer
-from engine.perturb_conditions import ConditionEffectResult, ReversalResult, compare_conditions_effect, reversal_score
-from engine.virtual_cell import ModelPerturbResult
+from engine.perturb.spec import DEFAULT_STRENGTH, MAX_GENES, PerturbResult
+from engine.perturb.predict import perturb
+from engine.perturb.baselines import LatentTransferResult, additive_combination, latent_transfer
+from engine.perturb.conditions import ConditionEffectResult, ReversalResult, compare_conditions_effect, reversal_score
+from engine.perturb.counterfactual import ModelPerturbResult
 
 MODES = {"ko": "Knock out", "kd": "Knock down", "oe": "Over-express"}
 PREDICTORS = {"model": "Virtual cell (masked autoencoder), with baselines", "ridge": "Ridge co-expression baseline"}

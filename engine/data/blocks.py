@@ -19,6 +19,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from engine.data.normalise import (
+    COUNTS_LAYERS,
+    LOGNORM_LAYERS,
+    check_counts,
+    find_counts,
+    find_lognorm,
+    iter_row_blocks,
+    lognorm_description,
+    looks_logged,
+    matrix_candidates,
+    normalise_log1p,
+)
+from engine.data.object_store import open_error, soma_context
+from engine.data.read import read_source
 from engine.errors import InputError
 
 NAN_MESSAGE = "The expression matrix contains NaN or infinite values: fix the input file."
@@ -41,7 +55,6 @@ class SomaRows:
     def __init__(self, uri: str, measurement: str, layer: str, n_genes: int):
         import tiledbsoma as soma
 
-        from engine.data.object_store import open_error, soma_context
 
         self._uri = str(uri)
         try:
@@ -72,7 +85,6 @@ class SomaRows:
     def _read(self, coords: slice | np.ndarray) -> Any:
         import tiledbsoma as soma
 
-        from engine.data.object_store import open_error
 
         try:
             return self._array.read(coords=(coords,)).tables().concat()
@@ -106,7 +118,6 @@ class RowSource:
 
     def candidates(self, names: tuple[str, ...], layers_first: bool = True) -> list[tuple[str, Any]]:
         """``(label, matrix)`` candidates as :func:`engine.data.normalise.matrix_candidates` gives."""
-        from engine.data.normalise import matrix_candidates
 
         if self.lazy_x is not None:
             return [("X", self.lazy_x)]
@@ -122,7 +133,6 @@ class RowSource:
 
 def open_rows(source: str | os.PathLike) -> RowSource:
     """Open ``source`` (any input :func:`engine.data.read.read_source` takes) for row-block reading."""
-    from engine.data.read import read_source
 
     adata = read_source(source, backed=True, load_x=False)
     where = adata.uns.get("vcell_source") or {}
@@ -163,9 +173,7 @@ class MatrixPlan:
 
 
 def plan_matrices(source: RowSource) -> MatrixPlan:
-    """Choose the matrices as :func:`engine.build.prepare_matrices` does, reading a few rows only."""
-    from engine.data.normalise import (COUNTS_LAYERS, LOGNORM_LAYERS, find_counts, find_lognorm,
-                                       lognorm_description, looks_logged)
+    """Choose the matrices as :func:`engine.build.pipeline.prepare_matrices` does, reading a few rows only."""
 
     label, matrix, _ = find_counts(source.candidates(COUNTS_LAYERS))
     if matrix is not None:
@@ -186,7 +194,6 @@ def iter_expression(plan: MatrixPlan, obs_names: pd.Index, chunk_rows: int
     InputError
         A block holds NaN, infinite or negative values (named by its first bad cell).
     """
-    from engine.data.normalise import check_counts, iter_row_blocks, normalise_log1p
 
     what = "raw counts" if plan.is_counts else "normalised values"
     for start, block in iter_row_blocks(plan.matrix, chunk_rows):

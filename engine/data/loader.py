@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from engine.data.store import COUNTS, LOGNORM, ExpressionStore
 from engine.errors import InputError
 
 __all__ = ["CellBatches", "DonorSplit", "split_by_donor", "distributed_rank"]
@@ -86,7 +87,6 @@ class CellBatches(IterableDataset):
                  buffer_size: int | None = None, counts: bool | None = None, labels: np.ndarray | None = None,
                  drop_last: bool = False, rank: int | None = None, world_size: int | None = None):
         super().__init__()
-        from engine.data.store import COUNTS, ExpressionStore
 
         if isinstance(store, ExpressionStore):
             self._store = store
@@ -144,7 +144,6 @@ class CellBatches(IterableDataset):
 
     def _open(self):
         if self._store is None or self._pid != os.getpid():
-            from engine.data.store import ExpressionStore
 
             self._store = ExpressionStore(self.store_path)
             self._pid = os.getpid()
@@ -204,7 +203,6 @@ class CellBatches(IterableDataset):
 
     def _read(self, chunk: np.ndarray):
         """Read a buffer: lognorm (and counts) of ``chunk`` restricted to ``genes`` (sparse)."""
-        from engine.data.store import COUNTS, LOGNORM
 
         store = self._open()
         x = store.rows(chunk, self.genes, layer=LOGNORM)

@@ -19,6 +19,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from engine.data.object_store import is_object_store, open_error, soma_context
 from engine.errors import InputError, suggest
 
 SUPPORTED = ("an .h5ad file, an AnnData .zarr store, a TileDB-SOMA experiment (directory or URI) "
@@ -122,7 +123,6 @@ def read_soma(
     """
     import tiledbsoma as soma
 
-    from engine.data.object_store import is_object_store, open_error, soma_context
 
     text = os.fspath(uri)
     try:
@@ -203,7 +203,6 @@ def census_query(
     import cellxgene_census
     import tiledbsoma as soma
 
-    from engine.data.object_store import soma_context
 
     if max_cells is not None and max_cells < 1:
         raise InputError(f"max_cells is {max_cells}: give a positive number of cells.")

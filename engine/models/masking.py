@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from engine.errors import InputError
 from engine.data.genes import strip_version
+from engine.errors import InputError
 
 
 def _check_rate(rate: float) -> float:

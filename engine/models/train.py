@@ -248,7 +248,7 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
     Parameters
     ----------
     bundle_or_atlas
-        A bundle path or an :class:`~engine.atlas.Atlas`.
+        A bundle path or an :class:`~engine.bundle.atlas.Atlas`.
     method
         ``mae``, ``gp-mae``, ``byol``, ``barlow`` or ``supervised`` (see :func:`engine.models.ssl.build_model`).
     genes
@@ -283,7 +283,7 @@ def pretrain(bundle_or_atlas, method: str, *, genes: str | Sequence = "hvg", epo
     pathlib.Path
         ``out/model``, the checkpoint directory (written by rank 0 only).
     """
-    from engine.atlas import Atlas, read_atlas
+    from engine.bundle.atlas import Atlas, read_atlas
     from engine.fileio import atomic_dir, write_json
     from engine.models.ssl import build_model, config_keys
 
@@ -389,7 +389,7 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
     Parameters
     ----------
     atlas
-        An :class:`~engine.atlas.Atlas` (or bundle path).
+        An :class:`~engine.bundle.atlas.Atlas` (or bundle path).
     model
         A model with ``.embed(x)``.
     genes
@@ -400,14 +400,14 @@ def embed_atlas(atlas, model: nn.Module, genes: Sequence, batch_size: int = 4096
         ``None``: CUDA when present, else CPU.
     cells
         ``(start, stop)``: embed only rows ``start .. stop - 1`` (one shard of a sharded run,
-        :mod:`engine.shards`); ``None``: every cell.
+        :mod:`engine.scale.shards`); ``None``: every cell.
 
     Returns
     -------
     numpy.ndarray
         float32 ``(n_cells, latent)`` (``(stop - start, latent)`` with ``cells``).
     """
-    from engine.atlas import Atlas, read_atlas
+    from engine.bundle.atlas import Atlas, read_atlas
 
     atlas = atlas if isinstance(atlas, Atlas) else read_atlas(atlas)
     start, stop = (0, atlas.n_cells) if cells is None else (int(cells[0]), int(cells[1]))

@@ -140,8 +140,9 @@ def test_read_source_from_s3_equals_local(s3):
 
 
 def test_streaming_build_from_s3_equals_local(s3, tmp_path):
-    from engine.atlas import read_atlas
-    from engine.build import BuildOptions, build_atlas
+    from engine.bundle.atlas import read_atlas
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
 
     _, uri, local = s3
     options = dict(stream=True, n_landmarks=200, pca_sample=300, n_pcs=10)

@@ -328,7 +328,7 @@ def test_census_query_rejects_nonpositive_max_cells(census_root):
 
 
 def test_vcell_census_writes_a_slice_that_builds(census_root, tmp_path, capsys):
-    from engine.atlas import read_atlas
+    from engine.bundle.atlas import read_atlas
     from engine.cli import main
 
     out = tmp_path / "covid_blood.h5ad"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.atlas import read_atlas
+from engine.bundle.atlas import read_atlas
 
 pytestmark = pytest.mark.e2e
 

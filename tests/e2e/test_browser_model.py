@@ -24,7 +24,7 @@ def screenshot_dir():
 
 
 def test_perturb_page_runs_the_virtual_cell(page, app_url, screenshot_dir, e2e_bundle):
-    from engine.atlas import read_atlas
+    from engine.bundle.atlas import read_atlas
 
     atlas = read_atlas(e2e_bundle)
     gene = atlas.genes.label(int(np.flatnonzero(atlas.var["highly_variable"].to_numpy())[0]))
@@ -45,8 +45,8 @@ def test_perturb_page_runs_the_virtual_cell(page, app_url, screenshot_dir, e2e_b
 
 
 def test_perturb_page_compares_a_combination_across_conditions(page, app_url, screenshot_dir, e2e_bundle):
-    from engine.atlas import read_atlas
-    from engine.perturb_conditions import prediction_context
+    from engine.bundle.atlas import read_atlas
+    from engine.perturb.conditions import prediction_context
 
     atlas = read_atlas(e2e_bundle)
     model_genes = prediction_context(atlas).kept

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.atlas import read_atlas
+from engine.bundle.atlas import read_atlas
 from engine.errors import InputError
 from engine.models.serialize import load_model
 from engine.models.train import SSLTask, embed_atlas, pretrain

@@ -1,0 +1,3 @@
+"""The atlas bundle, the contract between engine and app: read and validate (:mod:`.atlas`), the manifest
+(:mod:`.manifest`), group summaries (:mod:`.summaries`) and cell selection by role (:mod:`.select`).
+"""
