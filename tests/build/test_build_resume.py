@@ -51,7 +51,8 @@ def generated(tmp_path_factory):
 def reference(generated, tmp_path_factory):
     """The uninterrupted streaming build (same block size)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("engine.build.pipeline.BLOCK", BLOCK)
+        patch.setattr("engine.build.prepare.BLOCK", BLOCK)
+        patch.setattr("engine.build.stream.BLOCK", BLOCK)
         return read_atlas(build_atlas(generated, tmp_path_factory.mktemp("ref") / "ref.vcell", BuildOptions(**OPTIONS)))
 
 
