@@ -14,7 +14,6 @@ from sklearn.metrics import f1_score
 
 from engine.annotate import annotate_bundle
 from engine.atlas import read_atlas, validate_atlas
-from engine.data.genes import gene_table
 from engine.errors import InputError
 from engine.evaluate import donor_split
 from engine.label_transfer import CellData, match_genes, read_cells, transfer_labels
@@ -75,6 +74,8 @@ def test_genes_matched_by_id_or_symbol_in_any_order():
 
 
 def test_ensembl_reference_matches_symbol_query_through_gencode():
+    from engine.data.genes import gene_table
+
     reference = gene_table(pd.DataFrame(index=["ENSG00000090382.4", "ENSG00000170458", "ENSG00000187608",
                                                "ENSG00000000001"]))  # LYZ, CD14, ISG15, not in GENCODE
     query = gene_table(pd.DataFrame(index=["isg15", "CD14", "LYZ", "MYLYZ"]))
@@ -84,6 +85,8 @@ def test_ensembl_reference_matches_symbol_query_through_gencode():
 
 
 def test_gene_map_overrides_gencode_when_matching():
+    from engine.data.genes import gene_table
+
     gene_map = pd.DataFrame({"gene_id": ["ENSG00000090382"], "gene_symbol": ["MYLYZ"]})  # as read_gene_map gives
     reference_var, query_var = pd.DataFrame(index=["ENSG00000090382"]), pd.DataFrame(index=["LYZ", "MYLYZ"])
     plain = match_genes(gene_table(reference_var), gene_table(query_var), min_shared=1)
