@@ -37,6 +37,10 @@ class EmptySelectionError(VCellError):
     """An operation was asked for on zero cells."""
 
 
+class MissingDataError(VCellError):
+    """A data file shipped with the project (its ``data/`` folder) is not installed."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return a ``" Did you mean: A, B?"`` suffix with close matches, or ``""``.
 

@@ -217,7 +217,9 @@ def match_genes(reference_genes: pd.DataFrame, query_genes: pd.DataFrame, inform
     Parameters
     ----------
     reference_genes, query_genes
-        Gene tables (:func:`engine.data.genes.gene_table`).
+        Gene tables (:func:`engine.data.genes.gene_table`). Their own names are matched first, then the IDs
+        and symbols the shipped GENCODE tables give them (:func:`engine.models.serialize.align_genes`), so a
+        reference named by Ensembl IDs matches a query named by symbols; a ``--gene-map``'s names are their own.
     informative
         Boolean mask of the reference's highly variable genes (all genes when ``None``).
     min_shared, min_fraction
@@ -229,14 +231,7 @@ def match_genes(reference_genes: pd.DataFrame, query_genes: pd.DataFrame, inform
         The overlap is too small; the message says how large it is and how to fix it.
     """
 
-    def names(column: str) -> list[str | None]:
-        return list(reference_genes[column]) if column in reference_genes else [None] * len(reference_genes)
-
-    candidates = [align_genes(keys, query_genes, min_overlap=0.0)[0]
-                  for keys in (names("gene_id"), names("gene_symbol"), [str(i) for i in reference_genes.index])]
-    positions = candidates[0]
-    for more in candidates[1:]:
-        positions = np.where(positions >= 0, positions, more)
+    positions = align_genes(reference_genes, query_genes, min_overlap=0.0)[0]
     found = np.flatnonzero(positions >= 0)
     _, first = np.unique(positions[found], return_index=True)  # one reference gene per query gene
     reference = np.sort(found[first])

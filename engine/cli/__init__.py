@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=15, help="reference neighbours that vote")
     p.add_argument("--threshold", type=float, default=0.5, help="vote share below which a cell is 'unknown'")
     p.add_argument("--reference-cell-type-key", help="the reference's cell-type column (guessed when not given)")
-    p.add_argument("--gene-map", help="TSV/CSV of Ensembl ID and gene symbol, when the two name genes differently")
+    p.add_argument("--gene-map", help="TSV/CSV of Ensembl ID and gene symbol, overriding the shipped GENCODE table")
 
     p = sub.add_parser("validate", help="check a bundle's parts against its manifest")
     p.add_argument("bundle")

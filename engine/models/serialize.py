@@ -6,7 +6,8 @@ whole ``state_dict``, buffers included, as float32) and ``genes.txt`` (the model
 Loading rebuilds the model with :func:`~engine.models.ssl.build_model` and loads the weights
 strictly; nothing is unpickled.
 
-:func:`align_genes` maps a model's genes onto an atlas's columns (by Ensembl ID or symbol), and
+:func:`align_genes` maps a model's genes onto an atlas's columns (by Ensembl ID or symbol, either
+way through the shipped GENCODE tables), and
 :func:`align_block` builds the model's input from an atlas block: genes the atlas lacks read 0
 and are returned as a mask, which ``model.embed(x, mask)`` treats as unobserved (for a masked
 autoencoder exactly what it saw for hidden genes in training).
@@ -25,7 +26,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from engine.data.genes import is_ensembl, strip_version
+from engine.data.genes import complete_gene_table, gene_table, is_ensembl, strip_version
 from engine.errors import BundleError, InputError
 from engine.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.models.ssl import METHODS, build_model, config_keys
@@ -107,21 +108,41 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
     return model.eval(), list(ckpt.genes)
 
 
-def _keys(name: Any) -> list[str]:
-    if name is None or (isinstance(name, float) and np.isnan(name)):
-        return []
+def _key(name: Any) -> str | None:
+    """Matching key of a gene name: upper case, Ensembl version stripped; ``None`` when missing or blank."""
+    if name is None or name is pd.NA or (isinstance(name, float) and np.isnan(name)):
+        return None
     text = str(name).strip()
-    return [strip_version(text).upper()] if is_ensembl(text) else [text.upper()]
+    return (strip_version(text) if is_ensembl(text) else text).upper() or None
 
 
-def align_genes(model_genes: Sequence[str], atlas_genes: pd.DataFrame | Sequence[str],
+def _key_levels(genes: pd.DataFrame | Sequence[Any]) -> list[list[str | None]]:
+    """Matching keys of genes, one list per level, in order of precedence.
+
+    The levels are the genes' own Ensembl IDs, their own symbols and their row names (for a list of names:
+    the names), then, where a gene lacks its own, the ID and symbol the shipped GENCODE table gives it
+    (:func:`engine.data.genes.complete_gene_table`).
+    """
+    if not isinstance(genes, pd.DataFrame):
+        genes = gene_table(pd.DataFrame(index=pd.Index([str(g) if _key(g) else "" for g in genes], dtype=object)))
+    completed = complete_gene_table(genes)
+    levels = []
+    for column in ("gene_id", "gene_symbol"):
+        levels.append([_key(n) for n in genes[column]] if column in genes.columns else [None] * len(genes))
+    levels.append([_key(str(n)) for n in genes.index])
+    for own, column in zip(levels[:2], ("gene_id", "gene_symbol")):
+        levels.append([None if key else _key(name) for key, name in zip(own, completed[column])])
+    return levels
+
+
+def align_genes(model_genes: Sequence[str] | pd.DataFrame, atlas_genes: pd.DataFrame | Sequence[str],
                 min_overlap: float = 0.5) -> tuple[np.ndarray, float]:
     """Atlas column of each model gene, matched by Ensembl ID (version ignored) or symbol.
 
     Parameters
     ----------
     model_genes
-        The model's genes (IDs or symbols), in input order.
+        The model's genes (IDs or symbols), in input order; or a gene table (as ``atlas_genes``).
     atlas_genes
         The atlas's genes: a gene table (columns ``gene_id`` and ``gene_symbol``, as from
         :func:`engine.data.genes.gene_table`) or a list of names. Matching is case-insensitive;
@@ -139,19 +160,21 @@ def align_genes(model_genes: Sequence[str], atlas_genes: pd.DataFrame | Sequence
     ------
     InputError
         Fewer than ``min_overlap`` of the model's genes are in the atlas.
+
+    Notes
+    -----
+    Each model gene is looked up by its Ensembl ID, then its symbol, then its name; the atlas's
+    IDs outrank its symbols, which outrank its names. Symbols and Ensembl IDs also pair up through
+    the shipped GENCODE tables (:func:`engine.data.genes.complete_gene_table`), after the genes'
+    own names: a model named by symbols applies to an atlas named by IDs and the other way round.
     """
-    if isinstance(atlas_genes, pd.DataFrame):
-        columns = [atlas_genes[c] for c in ("gene_id", "gene_symbol") if c in atlas_genes.columns]
-        columns.append(pd.Series([str(i) for i in atlas_genes.index]))
-    else:
-        columns = [pd.Series([str(g) for g in atlas_genes])]
     lookup: dict[str, int] = {}
-    for column in columns:
-        for position, name in enumerate(column.tolist()):
-            for key in _keys(name):
+    for level in _key_levels(atlas_genes):
+        for position, key in enumerate(level):
+            if key:
                 lookup.setdefault(key, position)
-    positions = np.array([next((lookup[k] for k in _keys(g) if k in lookup), -1) for g in model_genes],
-                         dtype=np.int64)
+    keys = zip(*_key_levels(model_genes))
+    positions = np.array([next((lookup[k] for k in gene if k in lookup), -1) for gene in keys], dtype=np.int64)
     n_model = len(positions)
     found = int((positions >= 0).sum())
     overlap = found / n_model if n_model else 0.0

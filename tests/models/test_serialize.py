@@ -76,6 +76,18 @@ def test_align_genes_by_id_or_symbol():
     assert positions.tolist() == [0, 1, -1] and overlap == pytest.approx(2 / 3)
 
 
+def test_align_genes_pairs_symbols_and_ids_through_gencode():
+    atlas_ids = ["ENSG00000090382.4", "ENSG00000187608", "ENSG00000170458"]  # LYZ, ISG15, CD14
+    positions, overlap = align_genes(["cd14", "ISG15", "LYZ", "NOPE"], atlas_ids, min_overlap=0.5)
+    assert positions.tolist() == [2, 1, 0, -1] and overlap == pytest.approx(0.75)
+    positions, _ = align_genes(["ENSG00000170458.9", "ENSG00000090382"], ["LYZ", "CD14"])  # IDs onto symbols
+    assert positions.tolist() == [1, 0]
+    table = pd.DataFrame({"gene_id": [None, "ENSG00000187608"], "gene_symbol": ["ISG15", "OWN-NAME"]},
+                         index=["c0", "c1"])
+    positions, _ = align_genes(["ISG15", "ENSG00000187608"], table)  # a gene's own names outrank GENCODE's
+    assert positions.tolist() == [0, 1]
+
+
 def test_align_genes_refuses_low_overlap_with_numbers():
     model_genes = [f"GENE{i}" for i in range(19331)]
     atlas = [f"GENE{i}" for i in range(812)] + ["OTHER"]

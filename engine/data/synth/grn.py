@@ -18,14 +18,23 @@ computed by :func:`expected_response` (64-point Gauss–Hermite quadrature, exac
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 
-#: Transcription factors preferred as regulators when present among the expressed genes.
-KNOWN_TFS = ("SPI1", "IRF8", "IRF7", "IRF1", "GATA3", "KLF6", "ID2", "FOS", "JUNB", "EGR1", "HES4", "HES1",
-             "SOX4", "HOPX", "POU2AF1", "SPIB", "ZFP36L2", "HMGB2", "GATA2", "TCF7", "LEF1", "CEBPB", "CEBPD")
+
+@functools.cache
+def known_tfs() -> tuple[str, ...]:
+    """Transcription factors preferred as regulators when present among the expressed genes.
+
+    Read from ``data/synth_programmes.json`` (``known_tfs``).
+    """
+    from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
+
+    return tuple(map(str, read_shipped_json(SYNTH_PROGRAMMES)["known_tfs"]))
+
 
 _Z, _W = hermegauss(64)
 _W = _W / _W.sum()
@@ -104,7 +113,8 @@ def build_grn(rng: np.random.Generator, base: np.ndarray, comp_ref: np.ndarray, 
     n_g = base.shape[1]
     pop_mean = comp_ref @ base
     expressed = np.flatnonzero(pop_mean >= np.quantile(pop_mean, 0.6))
-    tf = [i for i in rng.permutation(expressed) if genes[i] in KNOWN_TFS][: n_regulators // 2]
+    tfs = known_tfs()
+    tf = [i for i in rng.permutation(expressed) if genes[i] in tfs][: n_regulators // 2]
     rest = [i for i in rng.permutation(expressed) if i not in tf]
     regulators = np.array((tf + rest)[:n_regulators], dtype=np.int64)
     if len(regulators) < n_regulators:

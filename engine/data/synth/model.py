@@ -29,13 +29,6 @@ PBMC_COMPOSITION = {
     "CD8+ Cytotoxic T": 0.12, "CD8+/CD45RA+ Naive Cytotoxic": 0.08, "CD56+ NK": 0.10,
     "CD19+ B": 0.10, "CD14+ Monocyte": 0.18, "Dendritic": 0.03, "CD34+": 0.01,
 }
-#: Real genes used for the shared programme of the 1st and 2nd non-reference condition (those present).
-SHARED_PROGRAMMES = (
-    ("interferon response", ("ISG15", "IFI6", "IFI27", "IFIT1", "IFIT3", "MX1", "OAS1", "ISG20", "IFITM1",
-                             "IFITM2", "IFITM3", "LY6E", "IRF7", "IRF1", "BST2", "GBP2", "SP110", "STAT1")),
-    ("inflammatory response", ("S100A8", "S100A9", "S100A12", "IL1B", "NFKBIA", "CCL3", "CCL4", "LYZ",
-                               "FOS", "JUNB", "SOD2", "G0S2", "FCN1", "CXCL8", "TNF")),
-)
 PROFILE_SHRINKAGE = 10.0  # pseudo-cells pulling small cell types' means toward the global mean
 
 
@@ -127,6 +120,18 @@ def reference_profiles() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     depth = np.asarray(depth) / np.median(adata.obs["n_counts"].to_numpy())
     genes = np.array(adata.raw.var_names.tolist(), dtype=str)
     return genes, cell_types, np.asarray(means), depth
+
+
+@functools.cache
+def shared_programmes() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Name and real genes of the shared programme of the 1st, 2nd... non-reference condition (those present).
+
+    Read from ``data/synth_programmes.json`` (``shared_programmes``).
+    """
+    from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
+
+    entries = read_shipped_json(SYNTH_PROGRAMMES)["shared_programmes"]
+    return tuple((str(entry["name"]), tuple(map(str, entry["genes"]))) for entry in entries)
 
 
 def _read_pbmc68k_reduced():
@@ -250,8 +255,9 @@ def _programmes(rng: np.random.Generator, genes: np.ndarray, base: np.ndarray,
     lfc_ct = np.zeros((n_cond, n_types, n_g))
     n_shared = max(4, round(0.01 * n_g))
     n_ct = max(2, round(0.015 * n_g))
+    shared = shared_programmes()
     for c in range(1, n_cond):
-        name, wanted = SHARED_PROGRAMMES[c - 1] if c - 1 < len(SHARED_PROGRAMMES) else (f"shared programme {c}", ())
+        name, wanted = shared[c - 1] if c - 1 < len(shared) else (f"shared programme {c}", ())
         members = [index[g] for g in wanted if g in index]
         if len(members) < 4:
             name = f"shared programme {c}"

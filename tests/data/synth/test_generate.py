@@ -268,3 +268,15 @@ def test_existing_output_needs_overwrite_and_failures_leave_nothing(tmp_path):
 def test_load_truth_refuses_a_directory_without_tables(tmp_path):
     with pytest.raises(InputError, match="no truth tables"):
         load_truth(tmp_path)
+
+
+def test_programme_and_regulator_genes_come_from_the_data_folder(atlas):
+    from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
+
+    lists = read_shipped_json(SYNTH_PROGRAMMES)  # data/synth_programmes.json
+    model = load_model(atlas["out"] / "truth" / "model.npz")
+    assert model.programmes.tolist() == ["", *(entry["name"] for entry in lists["shared_programmes"])]
+    for condition, entry in enumerate(lists["shared_programmes"], start=1):
+        members = set(model.genes[model.lfc_shared[condition].any(axis=0)])
+        assert members == set(entry["genes"]) & set(model.genes)
+    assert set(model.genes[model.grn.regulators]) & set(lists["known_tfs"])  # known TFs preferred as regulators
