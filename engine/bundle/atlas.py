@@ -28,7 +28,7 @@ import pandas as pd
 
 from engine import __version__
 from engine.bundle.summaries import Summaries
-from engine.data.genes import GeneIndex
+from engine.data.gene_index import GeneIndex
 from engine.data.store import ExpressionStore
 from engine.errors import BundleError
 from engine.models.checkpoint import load_checkpoint
@@ -131,7 +131,7 @@ class Atlas:
 
     @cached_property
     def genes(self):
-        """A :class:`~engine.data.genes.GeneIndex` resolving symbols and Ensembl IDs."""
+        """A :class:`~engine.data.gene_index.GeneIndex` resolving symbols and Ensembl IDs."""
 
         return GeneIndex(self.var)
 

@@ -26,7 +26,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from engine.data.genes import complete_gene_table, gene_table, is_ensembl, strip_version
+from engine.data.gencode import complete_gene_table
+from engine.data.genes import gene_table, is_ensembl, strip_version
 from engine.errors import BundleError, InputError
 from engine.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.models.ssl import METHODS, build_model, config_keys
@@ -121,7 +122,7 @@ def _key_levels(genes: pd.DataFrame | Sequence[Any]) -> list[list[str | None]]:
 
     The levels are the genes' own Ensembl IDs, their own symbols and their row names (for a list of names:
     the names), then, where a gene lacks its own, the ID and symbol the shipped GENCODE table gives it
-    (:func:`engine.data.genes.complete_gene_table`).
+    (:func:`engine.data.gencode.complete_gene_table`).
     """
     if not isinstance(genes, pd.DataFrame):
         genes = gene_table(pd.DataFrame(index=pd.Index([str(g) if _key(g) else "" for g in genes], dtype=object)))
@@ -165,7 +166,7 @@ def align_genes(model_genes: Sequence[str] | pd.DataFrame, atlas_genes: pd.DataF
     -----
     Each model gene is looked up by its Ensembl ID, then its symbol, then its name; the atlas's
     IDs outrank its symbols, which outrank its names. Symbols and Ensembl IDs also pair up through
-    the shipped GENCODE tables (:func:`engine.data.genes.complete_gene_table`), after the genes'
+    the shipped GENCODE tables (:func:`engine.data.gencode.complete_gene_table`), after the genes'
     own names: a model named by symbols applies to an atlas named by IDs and the other way round.
     """
     lookup: dict[str, int] = {}

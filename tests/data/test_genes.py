@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data.genes import (GeneIndex, complete_gene_table, gene_table, guess_species, is_ensembl, read_gene_map,
-                                shipped_gene_map, shipped_lookup, strip_version)
+from engine.data.gencode import complete_gene_table, guess_species, shipped_gene_map, shipped_lookup
+from engine.data.gene_index import GeneIndex
+from engine.data.genes import gene_table, is_ensembl, read_gene_map, strip_version
 from engine.data.shipped import shipped_file
 from engine.errors import GeneNotFoundError, InputError, MissingDataError
 
