@@ -4,7 +4,7 @@ For each gene count a generated atlas is built once (cached under ``--cache``), 
 
 - ``loader``: :class:`~engine.data.loader.CellBatches` alone (block-shuffled; lognorm only, and with counts);
 - ``train``: optimizer steps of the model on batches already in memory (model cost only);
-- ``embed``: :func:`engine.models.train.embed_atlas` over the whole atlas (store reads included).
+- ``embed``: :func:`engine.build.embed.embed_atlas` over the whole atlas (store reads included).
 
 The loader is not the bottleneck when its cells/s exceeds the model's.
 
@@ -54,11 +54,11 @@ def loader_rate(atlas, batch_size: int, max_cells: int, counts: bool) -> float:
 def train_rate(atlas, method: str, batch_size: int, steps: int, device: torch.device) -> float:
     from engine.data.loader import CellBatches
     from engine.models.ssl import build_model
-    from engine.models.train import _model_config
+    from engine.models.train import method_config
 
     genes = np.arange(atlas.n_genes)
     cells = np.arange(min(atlas.n_cells, 8 * batch_size))
-    config, _ = _model_config(method, atlas, genes, cells, 0, {})
+    config = method_config(method, atlas.store, genes, cells)
     model = build_model(method, atlas.n_genes, **config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = [{k: v.to(device) for k, v in b.items()}
@@ -83,8 +83,8 @@ def train_rate(atlas, method: str, batch_size: int, steps: int, device: torch.de
 
 
 def embed_rate(atlas, method: str, device: torch.device, batch_size: int = 4096) -> float:
+    from engine.build.embed import embed_atlas
     from engine.models.ssl import build_model
-    from engine.models.train import embed_atlas
 
     model = build_model(method, atlas.n_genes, **({"programmes": [[0, 1]]} if method == "gp-mae" else {}))
     start = time.perf_counter()

@@ -89,7 +89,7 @@ def corpora(target: ad.AnnData, work: Path, n_generated: int) -> dict[str, dict]
 
 def pretrain_corpus(name: str, sources: dict, genes, work: Path, budget: int, seed: int) -> tuple[Path, dict]:
     """Write, build and pretrain one corpus; its checkpoint and a description."""
-    from engine.models.train import pretrain
+    from engine.build.pretrain import pretrain
     from engine.evaluate.transfer import write_union
 
     slug = name.replace("+", "_")

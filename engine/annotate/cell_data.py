@@ -18,7 +18,8 @@ import scipy.sparse as sp
 from engine.build.prepare import prepare_matrices
 from engine.bundle.atlas import Atlas
 from engine.data.genes import gene_table, read_gene_map
-from engine.data.normalise import GeneStats, normalise_log1p, select_hvg
+from engine.data.hvg import GeneStats, select_hvg
+from engine.data.normalise import normalise_log1p
 from engine.data.read import read_source
 from engine.data.schema import harmonise_obs
 from engine.data.store import InMemoryStore

@@ -39,7 +39,7 @@ from engine.annotate.cell_data import (
     shared_blocks,
     shared_expression,
 )
-from engine.data.normalise import GeneStats, select_hvg
+from engine.data.hvg import GeneStats, select_hvg
 from engine.data.schema import UNKNOWN
 from engine.errors import InputError
 from engine.models.pca import fit_pca
@@ -265,6 +265,8 @@ def transfer_labels(reference, query, *, k: int = DEFAULT_K, threshold: float = 
         Embedding settings (:func:`fit_transfer`).
     min_shared_genes, min_informative_fraction
         Gene-overlap limits.
+    progress
+        Progress callback.
 
     Returns
     -------

@@ -1,6 +1,9 @@
 """A learned embedding for a bundle: pretrain (or load) an encoder, embed every cell, and
 make that embedding the one the map, the index and the neighbours use.
 
+:func:`embed_atlas` embeds a bundle's cells with any model (genes aligned by name);
+:func:`add_embedding` adds a saved model's embedding to a bundle beside the default one.
+
 Called by ``vcell build --model mae|gp-mae|byol|barlow|PATH`` on the bundle being built
 (inside its temporary directory, so the whole build stays atomic). The PCA embedding stays
 in the bundle as the baseline (``obsm/X_pca.npy``, checkpoint in ``baselines/pca/``).
@@ -13,18 +16,23 @@ seeds ``seed+1 .. seed+N-1`` on the same genes and cells and kept as ``model_see
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-from engine.bundle.atlas import Atlas
+from engine.build.model_genes import model_gene_columns
+from engine.build.pretrain import pretrain
+from engine.bundle.atlas import Atlas, read_atlas
 from engine.errors import InputError
 from engine.evaluate.metrics import knn_label_agreement
 from engine.fileio import write_json, write_npy
 from engine.models.checkpoint import load_checkpoint
+from engine.models.inference import embed_store
 from engine.models.serialize import load_model
 from engine.models.ssl import METHODS
-from engine.models.train import embed_atlas, pretrain
 from engine.progress import Progress, report, scaled
 from engine.space.index import build_index, save_index
 from engine.space.layout import umap_layout
@@ -50,6 +58,49 @@ def check_model_seeds(model: str | None, n_seeds: int) -> None:
 def embedding_name(method: str) -> str:
     """The obsm key of a method's embedding: ``mae`` -> ``X_mae``, ``gp-mae`` -> ``X_gp_mae``."""
     return "X_" + method.replace("-", "_")
+
+
+def embed_atlas(atlas: Atlas | str | Path, model: nn.Module, genes: Sequence, batch_size: int = 4096,
+                progress: Progress | None = None, device: str | torch.device | None = None,
+                min_overlap: float = 0.5, cells: tuple[int, int] | None = None) -> np.ndarray:
+    """Embed every cell of ``atlas`` (or the rows ``cells``) with ``model``, streaming the store in row order.
+
+    Gene names are aligned to the atlas by Ensembl ID or symbol; model genes the atlas lacks
+    are filled with 0 and passed to ``model.embed`` as unobserved (masked) genes. Fewer than
+    ``min_overlap`` of the model's genes in the atlas is refused with the overlap stated.
+
+    Parameters
+    ----------
+    atlas
+        An :class:`~engine.bundle.atlas.Atlas` (or bundle path).
+    model
+        A model with ``.embed(x)``.
+    genes
+        The model's input genes in order: positions, or gene ids / symbols of the atlas.
+    batch_size
+        Cells per forward pass (and per store read).
+    progress
+        An engine progress callback.
+    device
+        ``None``: CUDA when present, else CPU.
+    min_overlap
+        Least fraction of the model's genes the atlas must have.
+    cells
+        ``(start, stop)``: embed only rows ``start .. stop - 1`` (one shard of a sharded run,
+        :mod:`engine.scale.shards`); ``None``: every cell.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_cells, latent)`` (``(stop - start, latent)`` with ``cells``).
+    """
+    atlas = atlas if isinstance(atlas, Atlas) else read_atlas(atlas)
+    start, stop = (0, atlas.n_cells) if cells is None else (int(cells[0]), int(cells[1]))
+    if not 0 <= start <= stop <= atlas.n_cells:
+        raise InputError(f"cells {start}..{stop} is not a row range of the atlas's {atlas.n_cells:,} cells.")
+    read, columns = model_gene_columns(atlas, genes, min_overlap)
+    return embed_store(model, atlas.store, read, columns, start, stop, batch_size=batch_size, device=device,
+                       progress=progress)
 
 
 def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epochs: int = 10, seed: int = 0,
@@ -162,7 +213,21 @@ def add_embedding(bundle: str | Path, checkpoint: str | Path, *, progress: Progr
     """Embed a bundle's cells with a saved model and register the embedding (not as default).
 
     The embedding is written atomically, then the manifest (the commit point) lists it; the
-    map, index and default stay as they are. Returns the embedding's name (``X_<method>``).
+    map, index and default stay as they are.
+
+    Parameters
+    ----------
+    bundle
+        The bundle directory (changed in place).
+    checkpoint
+        A saved model directory (e.g. ``RUN/model`` from :func:`~engine.build.pretrain.pretrain`).
+    progress
+        Progress callback.
+
+    Returns
+    -------
+    str
+        The embedding's name, ``X_<method>`` (``obsm/X_<method>.npy``).
     """
 
     atlas = Atlas(bundle)

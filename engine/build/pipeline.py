@@ -67,7 +67,8 @@ def build_atlas(source: str | os.PathLike, out: str | os.PathLike, options: Buil
 
     Returns
     -------
-    The bundle path.
+    pathlib.Path
+        The bundle directory.
 
     Raises
     ------

@@ -20,14 +20,13 @@ import scipy.sparse as sp
 
 from engine.bundle.summaries import compute_summaries
 from engine.data.genes import gene_table, read_gene_map
+from engine.data.hvg import GeneStats, select_hvg
 from engine.data.normalise import (
-    GeneStats,
     check_counts,
     choose_counts,
     choose_lognorm,
     iter_row_blocks,
     normalise_log1p,
-    select_hvg,
 )
 from engine.data.read import read_source
 from engine.data.schema import harmonise_obs
@@ -42,7 +41,40 @@ BLOCK = 20_000
 
 @dataclass
 class BuildOptions:
-    """Options of :func:`build_atlas` (CLI flags of the same names)."""
+    """Options of :func:`~engine.build.pipeline.build_atlas` (CLI flags of the same names).
+
+    Parameters
+    ----------
+    cell_type_key, condition_key, donor_key, batch_key
+        obs columns holding cell types, the condition / disease, donors (or samples) and batches;
+        guessed when ``None``.
+    reference_condition
+        The healthy / control condition value (e.g. ``"Healthy"``); guessed when ``None``.
+    gene_map
+        TSV/CSV of Ensembl ID and gene symbol, to fill the missing side.
+    n_hvg, n_pcs
+        Highly variable genes for the embedding, and PCA components.
+    pca_sample
+        Cells PCA is fitted on (a seeded sample; all cells when fewer).
+    n_landmarks
+        Landmarks of the UMAP layout; the other cells are placed by their neighbours.
+    model
+        Learned embedding: ``mae``, ``gp-mae``, ``byol``, ``barlow`` or a model checkpoint directory;
+        ``None``: PCA only.
+    epochs
+        Pretraining epochs with a method as ``model``.
+    seed
+        Seed of every random step.
+    model_seeds
+        Masked autoencoders trained with seeds ``seed .. seed + N - 1`` (``mae`` / ``gp-mae``;
+        :mod:`engine.build.embed`), for the virtual cell's model-seed uncertainty.
+    de
+        Precompute pseudobulk DE into ``summaries/de/`` (:mod:`engine.compare.pseudobulk`; roughly
+        doubles build time).
+    stream
+        Read the input in row blocks (:mod:`engine.build.stream`); ``None``: when it has more than
+        :data:`~engine.build.stream.STREAM_MIN_CELLS` cells.
+    """
 
     cell_type_key: str | None = None
     condition_key: str | None = None
@@ -57,9 +89,9 @@ class BuildOptions:
     model: str | None = None
     epochs: int = 10
     seed: int = 0
-    model_seeds: int = 1  # masked autoencoders trained with seeds seed..seed+N-1 (mae / gp-mae; engine.build.embed)
-    de: bool = False  # precompute pseudobulk DE into summaries/de/ (engine.compare.pseudobulk; roughly doubles build time)
-    stream: bool | None = None  # read the input in row blocks (engine.build.stream); None: when it is large
+    model_seeds: int = 1
+    de: bool = False
+    stream: bool | None = None
 
 
 @dataclass

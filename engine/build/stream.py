@@ -3,7 +3,7 @@
 For atlases too large to hold in memory (DESIGN.md, "Scale"). The input's matrix stays on
 disk and is read in row blocks twice:
 
-1. counts -> log-normalised block -> :class:`~engine.data.normalise.GeneStats`, per-gene
+1. counts -> log-normalised block -> :class:`~engine.data.hvg.GeneStats`, per-gene
    value counts, the SOMA store (both layers), and the rows of the PCA sample;
 2. after the highly variable genes and the PCA fit: the embedding of every block into a
    memory-mapped ``obsm/X_pca.npy``, the gene-major copy (:class:`~engine.data.store.GeneMajorWriter`)
@@ -28,7 +28,7 @@ from engine.build.checkpoint import CHECKPOINT_DIR, PCA_MODEL, BuildCheckpoint
 from engine.build.prepare import BLOCK, Prepared, clean_obs, gene_summary, gene_table_for, harmonise, pca_sample
 from engine.bundle.summaries import Summaries, SummaryAccumulator
 from engine.data.blocks import iter_expression, open_rows, plan_matrices
-from engine.data.normalise import GeneStats
+from engine.data.hvg import GeneStats
 from engine.data.store import GeneMajorWriter, StoreWriter, update_store_axes
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
 from engine.models.pca import PCAModel, fit_pca

@@ -206,15 +206,38 @@ class Atlas:
 
 
 def read_atlas(path: str | os.PathLike) -> Atlas:
-    """Open an atlas bundle for reading (checks format and version)."""
+    """Open an atlas bundle for reading (checks format and version).
+
+    Parameters
+    ----------
+    path
+        The bundle directory.
+
+    Returns
+    -------
+    Atlas
+        The bundle, read-only; parts are loaded on first use.
+    """
     return Atlas(path)
 
 
 def validate_atlas(path: str | os.PathLike) -> list[str]:
     """Check a bundle's parts against its manifest.
 
-    Returns a list of problems (empty when the bundle is sound). A bundle that cannot be
-    opened at all raises :class:`~engine.errors.BundleError`.
+    Parameters
+    ----------
+    path
+        The bundle directory.
+
+    Returns
+    -------
+    list of str
+        The problems found, one sentence each; empty when the bundle is sound.
+
+    Raises
+    ------
+    BundleError
+        The bundle cannot be opened at all.
     """
     atlas = Atlas(path)
     n = atlas.n_cells

@@ -285,7 +285,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         print(f"bundle written to {out}; open it with: vcell serve {out}")
         return 0
     if args.command == "pretrain":
-        from engine.models.train import pretrain
+        from engine.build.pretrain import pretrain
 
         model = pretrain(args.bundle, args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          max_cells=args.max_cells, seed=args.seed, out=args.out, resume=not args.no_resume,
@@ -535,7 +535,7 @@ def _annotate(args: argparse.Namespace, command: str) -> int:
 
 def _census(args: argparse.Namespace) -> int:
     """Query the census and write the slice as .h5ad, atomically."""
-    from engine.data.read import census_query
+    from engine.data.soma import census_query
     from engine.errors import InputError
     from engine.fileio import atomic_path
 

@@ -35,6 +35,13 @@ def composition(obs: pd.DataFrame, *, cell_type_key: str = "cell_type", conditio
     where the donor has none of it. Without a donor column (``donor_key=None``) the table is
     per condition and ``donor`` repeats the condition.
 
+    Parameters
+    ----------
+    obs
+        Per-cell table.
+    cell_type_key, condition_key, donor_key
+        Its cell-type, condition and donor columns (``donor_key=None``: no donors).
+
     Returns
     -------
     pandas.DataFrame

@@ -234,6 +234,16 @@ def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = 
         raw counts and two donors per condition), read from the bundle's cache when
         ``vcell de`` precomputed it, else computed from the summaries (a few seconds); see
         :func:`engine.compare.pseudobulk.pseudobulk_de` for its table.
+    seed
+        Seed of the subsampling.
+    progress
+        Progress callback.
+
+    Returns
+    -------
+    CompareResult
+        The composition shift over all cell types (:func:`composition_shift`; ``None`` without a
+        cell-type column) and the differential-expression table of ``b`` against ``a``.
     """
     if method not in DE_METHODS:
         raise InputError(f"Unknown DE method '{method}': use one of {', '.join(DE_METHODS)}."

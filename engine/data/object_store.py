@@ -2,7 +2,7 @@
 
 :func:`soma_context` turns the environment variables users already set for their cloud tools
 into a ``tiledbsoma.SOMATileDBContext``; every ``tiledbsoma`` open of a URI in
-:mod:`engine.data.read` and :mod:`engine.data.blocks` passes it. Local paths need none.
+:mod:`engine.data.soma` and :mod:`engine.data.blocks` passes it. Local paths need none.
 
 S3 (and S3-compatible stores such as MinIO): ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_SESSION_TOKEN``, ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ENDPOINT_URL_S3`` /

@@ -46,6 +46,18 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
         An :class:`~engine.bundle.atlas.Atlas` or a bundle path.
     embeddings
         Names of the bundle's embeddings to score (``X_pca``, ``X_mae``, ...).
+    seeds
+        One reference/query split (and one row per method) per seed.
+    k
+        Neighbours of the kNN vote (and of the kNN-imputation baseline).
+    query_fraction
+        Share of the cells (as whole donors where there are donors) held out as queries.
+    max_cells
+        Evaluate on a reproducible sample of this many labelled cells at most (``None``: all).
+    n_components
+        Components of the reference-fitted PCA baseline.
+    linear
+        Also fit a linear probe on each embedding.
     metric
         kNN metric, ``"l2"`` or ``"cosine"``. Under ``"l2"`` the standardised HVG space is dominated by
         rare genes (clipped z-scores of 10) and scores poorly; ``"cosine"`` is the fairer comparison there.
@@ -74,7 +86,8 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
 
     Returns
     -------
-    The :func:`evaluate_embeddings` table; ``table.attrs["notes"]`` lists what the caller should know.
+    pandas.DataFrame
+        The :func:`evaluate_embeddings` table; ``table.attrs["notes"]`` lists what the caller should know.
 
     Raises
     ------

@@ -73,6 +73,11 @@ def save_model(path: str | os.PathLike, model: nn.Module, genes: Sequence[str],
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
     """Read a checkpoint written by :func:`save_model`.
 
+    Parameters
+    ----------
+    path
+        The checkpoint directory (``config.json``, ``weights.safetensors``, ``genes.txt``).
+
     Returns
     -------
     model, genes

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from engine.build.pretrain import pretrain
 from engine.bundle.select import select_cells
 from engine.errors import InputError
 from engine.evaluate.suite import RESPONSE_DIR, save_evaluation
 from engine.fileio import safe_name
 from engine.models.serialize import load_model
-from engine.models.train import pretrain
 from engine.perturb.baselines import latent_transfer
 from engine.progress import Progress, report
 
@@ -98,6 +98,8 @@ def holdout_condition_response(atlas: Atlas, condition_a: str, condition_b: str,
         :func:`holdout_trainer`. ``None`` uses the bundle's model (optimistic: it saw those cells).
     max_cells, seed
         Cells per population at most, and the subsampling seed.
+    progress
+        Progress callback.
 
     Returns
     -------

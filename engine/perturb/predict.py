@@ -39,6 +39,34 @@ def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | 
     donors when the population has at least :data:`MIN_DONORS_FOR_BOOTSTRAP` of them, cells
     otherwise.
 
+    Parameters
+    ----------
+    atlas
+        The bundle.
+    genes
+        Target genes (symbols or Ensembl IDs; see :class:`~engine.perturb.spec.PerturbationSpec`).
+    mode, strength
+        ``"ko"``, ``"kd"`` (keep ``strength`` of the value, default 0.5) or ``"oe"`` (multiply by
+        ``strength``, default 4.0).
+    cell_type, condition
+        The population (``None``: every cell type / condition).
+    max_cells
+        Subsample the population reproducibly to this many cells (``None``: all).
+    seed
+        Seed of the subsample and the bootstrap.
+    n_boot
+        Bootstrap resamples for the 95% intervals.
+    method
+        ``"ridge"`` (co-expression baseline) or ``"model"`` (the bundle's masked autoencoder).
+    progress
+        Progress callback.
+
+    Returns
+    -------
+    PerturbResult
+        The predicted shift per gene with intervals (``table``), the population and its size, and
+        warnings; a :class:`~engine.perturb.counterfactual.ModelPerturbResult` for ``"model"``.
+
     Raises
     ------
     GeneNotFoundError

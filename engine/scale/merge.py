@@ -87,6 +87,11 @@ def merge_shards(out_dir: str | os.PathLike, *, bundle: str | os.PathLike | None
         (the commit point), without changing the default embedding.
     factory, metric
         FAISS factory (``None``: that of the shard indexes, else :func:`engine.space.index.choose_factory`).
+    target_recall, seed
+        For IVF, ``nprobe`` is tuned until recall@10 against exact search on a seeded sample of
+        queries reaches ``target_recall``; the seed also draws the training sample.
+    progress
+        Progress callback.
 
     Returns
     -------

@@ -25,11 +25,13 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from engine.build.model_genes import model_gene_columns
 from engine.bundle.atlas import read_atlas
 from engine.errors import InputError
 from engine.fileio import atomic_path, write_json
+from engine.models.inference import embed_input, model_input
 from engine.models.serialize import load_model
-from engine.models.train import embed_input, model_gene_columns, model_input, torchrun_devices
+from engine.models.train import torchrun_devices
 from engine.scale.records import ShardRecord, checkpoint_hash, shard_ranges, shard_stem
 from engine.scale.shard_index import index_shard, train_shared_index
 

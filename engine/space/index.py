@@ -86,10 +86,14 @@ def build_index(embedding: np.ndarray, *, factory: str | None = None, metric: st
         search on a sample of queries reaches this.
     seed
         Seed for the training sample and query sample.
+    progress
+        Progress callback.
 
     Returns
     -------
-    index, IndexInfo
+    index, info
+        The ``faiss.Index`` (tuned ``nprobe`` / ``efSearch`` set) and its :class:`IndexInfo`
+        (factory, metric, search parameters, measured recall@10).
     """
     import faiss
 

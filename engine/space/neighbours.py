@@ -62,6 +62,14 @@ def find_neighbours(atlas, cells: np.ndarray, k: int = 50, *, seed: int = 0) -> 
         Query cell positions.
     k
         Number of neighbours to return.
+    seed
+        Seed of the sample of query cells when there are more than ``MAX_QUERIES``.
+
+    Returns
+    -------
+    NeighbourResult
+        The neighbours (best first, query cells excluded), their scores and distances, and
+        their breakdown by cell type, condition and donor.
     """
     cells = np.unique(np.asarray(cells, dtype=np.int64))
     if len(cells) == 0:

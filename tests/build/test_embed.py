@@ -4,9 +4,14 @@ import json
 import shutil
 
 import numpy as np
+import torch
+from vcell_testing import shared_file
 
+from engine.build.embed import embed_atlas
 from engine.bundle.atlas import read_atlas, validate_atlas
 from engine.cli import main
+from engine.models.serialize import align_genes, load_model
+from engine.models.ssl import build_model
 from engine.space.neighbours import find_neighbours
 
 
@@ -57,10 +62,6 @@ def test_pretrain_then_embed_adds_an_embedding_without_changing_the_default(smal
 
 
 def test_a_model_applies_to_an_atlas_with_other_genes_or_refuses(mae_bundle, covid_bundle, tmp_path, capsys):
-    from engine.models.serialize import align_genes, load_model
-    from engine.models.train import embed_atlas
-    from vcell_testing import shared_file
-
     model, genes = load_model(mae_bundle / "model")
     covid = read_atlas(covid_bundle)
     positions, overlap = align_genes(genes, covid.var)
@@ -74,3 +75,13 @@ def test_a_model_applies_to_an_atlas_with_other_genes_or_refuses(mae_bundle, cov
                  "--model", str(mae_bundle / "model")]) == 2
     err = capsys.readouterr().err
     assert "are in this atlas" in err and "below the 50% needed" in err and not out.exists()
+
+
+def test_embed_atlas_matches_model(small_bundle, tmp_path):
+    atlas = read_atlas(small_bundle)
+    genes = list(atlas.var.index[:50])
+    torch.manual_seed(0)
+    model = build_model("mae", 50, hidden=[32], latent=8)
+    z = embed_atlas(atlas, model, genes, batch_size=700)
+    x = torch.from_numpy(atlas.store.rows(np.arange(3000), np.arange(50)).toarray())
+    np.testing.assert_allclose(z, model.embed(x).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -17,7 +17,8 @@ import tiledbsoma as soma
 import tiledbsoma.io as soma_io
 from vcell_testing import make_counts_adata
 
-from engine.data.read import _should_back, available_memory, census_query, read_soma, read_source
+from engine.data.read import _should_back, available_memory, read_source
+from engine.data.soma import census_query, read_soma
 from engine.errors import InputError
 
 # ---------------------------------------------------------------- fixtures

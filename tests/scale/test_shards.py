@@ -13,15 +13,15 @@ import faiss
 import numpy as np
 import pytest
 
+from engine.build.embed import embed_atlas
 from engine.bundle.atlas import read_atlas, validate_atlas
 from engine.cli import main
 from engine.errors import InputError
-from engine.space.index import build_index, load_index
 from engine.models.serialize import load_model
-from engine.models.train import embed_atlas
 from engine.scale.merge import merge_shards
-from engine.scale.shards import embed_shards
 from engine.scale.records import ShardRecord, read_shards, shard_ranges, shard_stem
+from engine.scale.shards import embed_shards
+from engine.space.index import build_index, load_index
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -92,7 +92,8 @@ def generate_atlas(
 
     Returns
     -------
-    The output directory.
+    pathlib.Path
+        The output directory.
     """
     _validate(n_cells, n_genes, conditions, n_donors_per_condition, n_batches, n_regulators, seed, chunk_size,
               fmt, median_umis, truth_cells, n_jobs)
