@@ -22,9 +22,7 @@ SYNTH_PROGRAMMES = "synth_programmes.json"
 
 def data_dirs() -> list[Path]:
     """Folders searched for shipped files: the repository's ``data/``, then the installed copy."""
-    import engine
-
-    return [Path(engine.__file__).resolve().parents[1] / "data", Path(sys.prefix) / INSTALLED_DATA]
+    return [Path(__file__).resolve().parents[2] / "data", Path(sys.prefix) / INSTALLED_DATA]
 
 
 def shipped_file(name: str) -> Path:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 
+from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
+
 
 @functools.cache
 def known_tfs() -> tuple[str, ...]:
@@ -31,8 +33,6 @@ def known_tfs() -> tuple[str, ...]:
 
     Read from ``data/synth_programmes.json`` (``known_tfs``).
     """
-    from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
-
     return tuple(map(str, read_shipped_json(SYNTH_PROGRAMMES)["known_tfs"]))
 
 

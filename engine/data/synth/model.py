@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
 from engine.data.synth.grn import Grn, build_grn
 
 SOURCE = "scanpy pbmc68k_reduced"
@@ -128,8 +129,6 @@ def shared_programmes() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
     Read from ``data/synth_programmes.json`` (``shared_programmes``).
     """
-    from engine.data.shipped import SYNTH_PROGRAMMES, read_shipped_json
-
     entries = read_shipped_json(SYNTH_PROGRAMMES)["shared_programmes"]
     return tuple((str(entry["name"]), tuple(map(str, entry["genes"]))) for entry in entries)
 
