@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.compare.conditions import VolcanoResult
+
 COLOUR_A = "#5b7fa6"
 COLOUR_B = "#e4572e"
 CATEGORY_COLOURS = {"up": "#d62728", "down": "#1f77b4", "n.s.": "#c7c7c7"}
@@ -39,11 +41,12 @@ def composition_figure(table: pd.DataFrame, per_donor: pd.DataFrame | None, a: s
     return fig
 
 
-def volcano_figure(volcano: pd.DataFrame, highlight: str | None = None) -> go.Figure:
-    """Volcano plot of a ``volcano_frame`` table; the strongest genes (and ``highlight``) labelled.
+def volcano_figure(result: VolcanoResult, highlight: str | None = None) -> go.Figure:
+    """Volcano plot of a ``volcano_frame`` result; the strongest genes (and ``highlight``) labelled.
 
     Each point's ``customdata[0]`` is its gene, so a click can be mapped back to it.
     """
+    volcano = result.table
     fig = go.Figure()
     for category, colour in CATEGORY_COLOURS.items():
         part = volcano[volcano["category"] == category]
@@ -64,7 +67,7 @@ def volcano_figure(volcano: pd.DataFrame, highlight: str | None = None) -> go.Fi
         fig.add_annotation(x=row.log2fc, y=row.neg_log10_padj, text=f"<b>{row.gene}</b>" if chosen else row.gene,
                            showarrow=chosen, arrowhead=0, yshift=0 if chosen else 9,
                            font=dict(size=12 if chosen else 10))
-    lfc, padj = volcano.attrs.get("lfc_threshold", 1.0), volcano.attrs.get("padj_threshold", 0.05)
+    lfc, padj = result.lfc_threshold, result.padj_threshold
     for x in (-lfc, lfc):
         fig.add_vline(x=x, line=dict(color="#999", dash="dot", width=1))
     fig.add_hline(y=-np.log10(padj), line=dict(color="#999", dash="dot", width=1))

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from app.components import ACCENT
 from app.maps import map_figure
 from engine.bundle.atlas import Atlas
+from engine.perturb.baselines import AdditiveResult
 from engine.perturb.conditions import ReversalResult
 from engine.perturb.counterfactual import ModelPerturbResult
 
@@ -113,17 +114,17 @@ def reversal_figure(reversal: ReversalResult) -> go.Figure:
     return fig
 
 
-def additive_figure(table: pd.DataFrame) -> go.Figure:
+def additive_figure(result: AdditiveResult) -> go.Figure:
     """Joint prediction of a combination against the sum of its single-gene predictions (targets excluded).
 
-    ``table`` is an :func:`~engine.perturb.baselines.additive_combination` table.
+    ``result`` is an :func:`~engine.perturb.baselines.additive_combination` result.
     """
-    rest = table[~table["is_target"]]
+    rest = result.table[~result.table["is_target"]]
     fig = go.Figure()
     _diagonal(fig, np.r_[rest["additive"].to_numpy(), rest["joint"].to_numpy()])
     _gene_scatter(fig, rest, "additive", "joint", "genes", UP,
                   "<b>%{customdata[0]}</b><br>additive %{x:+.4f}<br>joint %{y:+.4f}<extra></extra>")
-    r = table.attrs.get("pearson_r", np.nan)
+    r = result.pearson_r
     fig.update_layout(height=400, **_LAYOUT, showlegend=False,
                       title=dict(text=f"Joint vs additive prediction, Pearson r = {r:.3f}", font=dict(size=14)),
                       xaxis=dict(title="sum of single-gene shifts (additive)", **_AXIS),

@@ -119,9 +119,9 @@ def time_population(atlas, n_cells: int = 10_000, n_masks: int = 16, seed: int =
     out = {}
     for label, max_pairs in (("model, default pair budget", "auto"), ("model, all 160,000 pairs", None)):
         start = time.perf_counter()
-        table = model_shift(model, x, [target], spec, missing=missing.numpy(), n_masks=n_masks, max_pairs=max_pairs,
-                            seed=seed)
-        out[f"{label} ({table.attrs['n_pairs']:,} pairs)"] = time.perf_counter() - start
+        prediction = model_shift(model, x, [target], spec, missing=missing.numpy(), n_masks=n_masks,
+                                 max_pairs=max_pairs, seed=seed)
+        out[f"{label} ({prediction.n_pairs:,} pairs)"] = time.perf_counter() - start
     start = time.perf_counter()
     perturb_with_model(atlas, [atlas.genes.label(int(positions[target]))], "kd", max_cells=n_cells, seed=seed)
     out["whole perturb_with_model call (baselines, landing)"] = time.perf_counter() - start
@@ -142,7 +142,7 @@ def real_response(kang: Path, work: Path, epochs: int, seeds: Sequence[int]) -> 
     for seed in seeds:
         start = time.perf_counter()
         fit = holdout_trainer(atlas, work / f"holdout_seed{seed}", epochs=epochs, seed=seed)
-        runs.append(holdout_condition_response(atlas, "CTRL", "STIM", fit_model=fit, seed=seed).assign(seed=seed))
+        runs.append(holdout_condition_response(atlas, "CTRL", "STIM", fit_model=fit, seed=seed).table.assign(seed=seed))
         print(f"seed {seed}: {time.perf_counter() - start:.1f} s (6 retrainings)", flush=True)
     results = pd.concat(runs, ignore_index=True)
     results.to_csv(work / "kang_holdout_scores.csv", index=False)
@@ -154,7 +154,7 @@ def real_response(kang: Path, work: Path, epochs: int, seeds: Sequence[int]) -> 
     print(markdown(results.groupby(["cell_type", "method"], sort=False)[metrics].mean()))
     leaky = holdout_condition_response(atlas, "CTRL", "STIM")
     print("\nThe bundle's own MAE (saw the held-out STIM cells unlabelled while pretraining)")
-    print(markdown(summarise_response(leaky).set_index("method")))
+    print(markdown(summarise_response(leaky.table).set_index("method")))
 
 
 def main() -> None:

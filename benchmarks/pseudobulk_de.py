@@ -146,7 +146,7 @@ def run(cells: int, workdir: Path, donors: int, seed: int, jobs: int, summaries_
     tested = summary[summary["skipped"] == ""]
     pseudobulk = {}
     for row in tested.itertuples():
-        de = cached_de(atlas, row.a, row.b, row.cell_type)
+        de = cached_de(atlas, row.a, row.b, row.cell_type).table
         pseudobulk[(row.b, row.cell_type)] = set(de.loc[de["padj"] < PADJ, "gene"])
 
     wilcoxon = {}
@@ -181,7 +181,7 @@ def _summaries_only(source: Path, truth: dict, times: dict) -> dict:
         for cell_type in sorted(groups["cell_type"].unique()):
             for b in sorted(set(groups["disease"]) - {reference}):
                 try:
-                    de = pseudobulk_de(summaries, genes, reference, b, cell_type)
+                    de = pseudobulk_de(summaries, genes, reference, b, cell_type).table
                 except VCellError as exc:
                     skipped.append({"cell_type": cell_type, "b": b, "skipped": str(exc)})
                     continue

@@ -93,7 +93,8 @@ def pretrain_corpus(name: str, sources: dict, genes, work: Path, budget: int, se
     from engine.evaluate.transfer import write_union
 
     slug = name.replace("+", "_")
-    path, report = write_union(sources, genes, work / f"corpus-{slug}.h5ad")
+    union = write_union(sources, genes, work / f"corpus-{slug}.h5ad")
+    path, report = union.path, union.report
     bundle = work / f"corpus-{slug}.vcell"
     vcell("build", str(path), "--out", str(bundle), "--overwrite")
     n_cells = int(report.cells.sum())
@@ -102,7 +103,7 @@ def pretrain_corpus(name: str, sources: dict, genes, work: Path, budget: int, se
     model = pretrain(bundle, "mae", genes="all", epochs=epochs, seed=seed, out=work / f"run-{slug}", resume=False)
     seconds = time.perf_counter() - start
     found = "; ".join(f"{r.dataset} {r.cells:,} cells, {r.genes_found} genes" for r in report.itertuples())
-    return model, {"corpus": name, "cells": n_cells, "genes": report.attrs["genes_kept"], "epochs": epochs,
+    return model, {"corpus": name, "cells": n_cells, "genes": union.genes_kept, "epochs": epochs,
                    "pretrain_s": round(seconds, 1), "sources": found}
 
 
@@ -171,10 +172,11 @@ def main() -> None:
     regimes = {"full": 1.0, f"{100 * args.label_fraction:g}%": args.label_fraction}
     results, notes = {}, set()
     for label, fraction in regimes.items():
-        results[label] = evaluate_bundle(bundle, embeddings=(), seeds=tuple(range(args.seeds)), metric="cosine",
-                                         epochs=args.epochs, finetune=checkpoints, label_fraction=fraction)
+        evaluation = evaluate_bundle(bundle, embeddings=(), seeds=tuple(range(args.seeds)), metric="cosine",
+                                     epochs=args.epochs, finetune=checkpoints, label_fraction=fraction)
+        results[label] = evaluation.table
         results[label].to_csv(work / f"results-{fraction:g}.csv", index=False)
-        notes.update(results[label].attrs["notes"])
+        notes.update(evaluation.notes)
     print("\n".join(f"note: {n}" for n in sorted(notes)))
     report(results)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -62,6 +62,32 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
 
 
+def toy_mae(n: int = 300, g: int = 40, seed: int = 0, **config):
+    """A small untrained masked autoencoder, ``(n, g)`` log-like data and gene labels; gene 3 is silent in every cell."""
+    import torch
+
+    from engine.models.ssl import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("mae", g, hidden=[32, 16], latent=8, **config).eval()
+    rng = np.random.default_rng(seed)
+    x = np.log1p(rng.poisson(2.0, (n, g))).astype(np.float32)
+    x[:, 3] = 0.0
+    return model, x, [f"G{i}" for i in range(g)]
+
+
+def cell_type_in_both(atlas, condition_a: str, condition_b: str, min_cells: int = 20) -> str:
+    """The first cell type of an atlas with at least ``min_cells`` cells in each of two conditions."""
+    counts = pd.crosstab(atlas.obs[atlas.roles["cell_type"]], atlas.obs[atlas.roles["condition"]])
+    return str(next(t for t in counts.index
+                    if counts.loc[t, condition_a] >= min_cells and counts.loc[t, condition_b] >= min_cells))
+
+
+def by_gene(table: pd.DataFrame, column: str = "shift") -> dict:
+    """``{gene: value}`` of one column of a predicted-shift table."""
+    return dict(zip(table["gene"], table[column]))
+
+
 def assert_same_bundle(memory, streamed) -> None:
     """Assert that two bundles (``Atlas``) hold the same data (e.g. in-memory vs streaming builds)."""
     from engine.bundle.atlas import validate_atlas

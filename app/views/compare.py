@@ -67,7 +67,8 @@ def composition_section(atlas: Atlas, a: str, b: str) -> None:
         st.info("This atlas has no cell-type column, so composition cannot be compared.")
         return
     keys = dict(cell_type_key=roles["cell_type"], condition_key=roles["condition"], donor_key=roles.get("donor"))
-    table = remembered("composition", (a, b), lambda: composition_shift(atlas.obs, a, b, **keys))
+    shares = remembered("composition", (a, b), lambda: composition_shift(atlas.obs, a, b, **keys))
+    table = shares.table
     per_donor = None
     if keys["donor_key"] is not None:
         per_donor = remembered("per_donor", (), lambda: composition(atlas.obs, **keys))
@@ -75,7 +76,7 @@ def composition_section(atlas: Atlas, a: str, b: str) -> None:
                     config={"displaylogo": False})
     for note in [n for n in table["note"].unique() if n][:3]:
         st.info(note, icon=":material/info:")
-    st.caption(f"Test: {table.attrs.get('method', 'per-donor proportions')}; one point per donor.")
+    st.caption(f"Test: {shares.method}; one point per donor.")
     with st.expander("Composition table"):
         st.dataframe(table, hide_index=True)
     download_csv(table, "Download composition (CSV)", f"{safe_name('composition', b, 'vs', a)}.csv",
@@ -110,7 +111,7 @@ def clicked_gene(event) -> str | None:
 def de_section(atlas: Atlas, result: CompareResult) -> None:
     """Volcano (click a gene), split maps of that gene, the filterable DE table and downloads."""
     volcano = volcano_frame(result.de)
-    counts = volcano["category"].value_counts()
+    counts = volcano.table["category"].value_counts()
     cols = st.columns(4)
     cols[0].metric(f"Cells in {result.a} (A)", f"{result.n_cells_a:,}")
     cols[1].metric(f"Cells in {result.b} (B)", f"{result.n_cells_b:,}")
@@ -129,7 +130,7 @@ def de_section(atlas: Atlas, result: CompareResult) -> None:
             st.rerun()
         st.caption(f"{result.b} vs {result.a} in {scope}. Method: {result.method}. Click a gene to show it on the maps.")
     with right:
-        gene = st.session_state.get(GENE_KEY) or str(volcano.sort_values("padj")["gene"].iloc[0])
+        gene = st.session_state.get(GENE_KEY) or str(volcano.table.sort_values("padj")["gene"].iloc[0])
         with guard("drawing the gene on the maps"):
             condition_maps(atlas, gene_colouring(atlas, gene), result.a, result.b, key="compare_gene_maps",
                            cell_type=result.cell_type)
@@ -188,9 +189,10 @@ def shift_section(atlas: Atlas, a: str, b: str) -> None:
         st.info("The embedding shift treats donors as the unit, and this atlas has no donor column: rebuild it "
                 "with `vcell build --donor-key COLUMN`.", icon=":material/info:")
         return
-    table = remembered("shift", (a, b), lambda: atlas_embedding_shift(atlas, a, b))
+    shift = remembered("shift", (a, b), lambda: atlas_embedding_shift(atlas, a, b))
+    table = shift.table
     st.plotly_chart(shift_figure(table, a, b), key="compare_shift", config={"displaylogo": False})
-    st.caption(f"How far {b} cells of each type sit from {a} cells in the {table.attrs['embedding']} embedding, "
+    st.caption(f"How far {b} cells of each type sit from {a} cells in the {shift.embedding} embedding, "
                "as the distance between mean donor centroids divided by the typical distance between two donors of "
                "the same condition (dotted line: 1). Red: permutation p < 0.05 (condition labels shuffled among "
                "donors).")

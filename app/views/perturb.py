@@ -246,15 +246,15 @@ def additive_section(atlas: Atlas, chosen: dict) -> None:
     """Combination vs the additive model: the joint prediction against the sum of single-gene ones."""
     st.subheader("Combination vs the additive model")
     with guard("predicting each gene alone"):
-        table = computed("perturb_additive", tuple(chosen.items()), "Predicting each gene alone…",
-                         lambda: additive_combination(atlas, list(chosen["genes"]), chosen["mode"],
-                                                      cell_type=chosen["cell_type"], condition=chosen["condition"],
-                                                      strength=chosen["strength"], method=chosen["method"]))
-        st.plotly_chart(additive_figure(table), key="perturb_additive", config={"displaylogo": False})
-        st.caption(f"{table.attrs['spec']} in {table.attrs['n_cells']:,} cells: one point per gene "
+        result = computed("perturb_additive", tuple(chosen.items()), "Predicting each gene alone…",
+                          lambda: additive_combination(atlas, list(chosen["genes"]), chosen["mode"],
+                                                       cell_type=chosen["cell_type"], condition=chosen["condition"],
+                                                       strength=chosen["strength"], method=chosen["method"]))
+        st.plotly_chart(additive_figure(result), key="perturb_additive", config={"displaylogo": False})
+        st.caption(f"{result.spec} in {result.n_cells:,} cells: one point per gene "
                    "(targets left out); off the dashed line the model predicts more or less than the sum of each "
                    "gene's own effect.")
-        download_csv(table, "Download joint vs additive (CSV)",
+        download_csv(result.table, "Download joint vs additive (CSV)",
                      safe_name("perturb", "additive", chosen["mode"], *chosen["genes"], chosen["cell_type"],
                                chosen["condition"]) + ".csv", key="perturb_additive_csv")
 

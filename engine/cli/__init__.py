@@ -369,9 +369,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                               supervised=not args.no_supervised, epochs=args.epochs, **checkpoints,
                               hidden_fraction=args.hidden_fraction, label_fraction=args.label_fraction)
     save_evaluation(atlas.path / "evaluation", results)
-    for note in results.attrs.get("notes", []):
+    for note in results.notes:
         print(f"note: {note}")
-    summary = summarise(results)
+    summary = summarise(results.table)
     print(summary[[c for c in summary.columns if not c.endswith(("_mean", "_sd"))]].to_string(index=False))
     print(f"written to {atlas.path / 'evaluation'}; the dashboard's Model page shows it")
     return 0
@@ -392,9 +392,9 @@ def _evaluate_response(args: argparse.Namespace) -> int:
         results = holdout_condition_response(atlas, args.condition_a, args.condition_b, cell_types=types,
                                              fit_model=fit, seed=args.seed, progress=progress)
     path = save_response(atlas.path, results)
-    for note in results.attrs["notes"]:
+    for note in results.notes:
         print(f"note: {note}")
-    summary = summarise_response(results)
+    summary = summarise_response(results.table)
     print(summary[["method", "n_cell_types", *(c for c in summary.columns if c.endswith("_mean"))]]
           .to_string(index=False, float_format="{:.3f}".format))
     print(f"written to {path}; the dashboard's Model page shows it")
@@ -469,11 +469,11 @@ def _perturb_additive(atlas, genes: list[str], args: argparse.Namespace, method:
     """Write the joint prediction beside the sum of single-gene predictions; print their Pearson r."""
     from engine.perturb.baselines import additive_combination
 
-    table = additive_combination(atlas, genes, args.mode, cell_type=args.cell_type, condition=args.condition,
-                                 strength=args.strength, method=method, seed=args.seed)
+    result = additive_combination(atlas, genes, args.mode, cell_type=args.cell_type, condition=args.condition,
+                                  strength=args.strength, method=method, seed=args.seed)
     path = _beside(out, "_additive")
-    _write_csv(table, path)
-    print(f"joint vs additive prediction of the combination: Pearson r = {table.attrs['pearson_r']:.3f}")
+    _write_csv(result.table, path)
+    print(f"joint vs additive prediction of the combination: Pearson r = {result.pearson_r:.3f}")
     return path
 
 

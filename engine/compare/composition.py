@@ -7,6 +7,8 @@ pooled over donors would treat cells as independent replicates, which they are n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -67,9 +69,19 @@ def composition(obs: pd.DataFrame, *, cell_type_key: str = "cell_type", conditio
     return long.astype({"condition": str, "donor": str, "cell_type": str}).reset_index(drop=True)
 
 
+@dataclass
+class CompositionResult:
+    """The change of each cell type's share from condition ``a`` to ``b`` (:func:`composition_shift`) and its test."""
+
+    table: pd.DataFrame
+    a: str
+    b: str
+    method: str = COMPOSITION_METHOD
+
+
 def composition_shift(obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str = "cell_type",
                       condition_key: str = "disease", donor_key: str | None = "donor_id",
-                      pseudocount: float = 1e-3) -> pd.DataFrame:
+                      pseudocount: float = 1e-3) -> CompositionResult:
     """Change of each cell type's share between conditions ``a`` and ``b``.
 
     The donor is the unit: proportions are computed per donor and compared with a Welch
@@ -87,11 +99,11 @@ def composition_shift(obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str =
 
     Returns
     -------
-    pandas.DataFrame
-        One row per cell type: ``cell_type, n_cells_a, n_cells_b, prop_a, prop_b`` (pooled over
-        cells), ``mean_prop_a, mean_prop_b`` (mean over donors), ``log2_ratio, n_donors_a,
-        n_donors_b, statistic, pval, padj, note``; sorted by ``log2_ratio`` descending.
-        ``attrs["method"]`` names the test.
+    CompositionResult
+        Its ``table`` has one row per cell type: ``cell_type, n_cells_a, n_cells_b, prop_a, prop_b``
+        (pooled over cells), ``mean_prop_a, mean_prop_b`` (mean over donors), ``log2_ratio,
+        n_donors_a, n_donors_b, statistic, pval, padj, note``; sorted by ``log2_ratio`` descending.
+        ``method`` names the test.
     """
     if str(a) == str(b):
         raise InputError(f"Both conditions are '{a}': pick two different conditions.")
@@ -136,6 +148,5 @@ def composition_shift(obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str =
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("note"), "padj", bh_with_nan(table["pval"].to_numpy()))
     table = table.sort_values("log2_ratio", ascending=False, kind="stable").reset_index(drop=True)
-    table.attrs.update(method=COMPOSITION_METHOD, a=a, b=b)
-    return table
+    return CompositionResult(table=table, a=a, b=b)
 

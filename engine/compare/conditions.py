@@ -76,9 +76,20 @@ def _ranksum_block(data: np.ndarray, rows: np.ndarray, counts: np.ndarray, n_a: 
     return rank_sum, ties
 
 
+@dataclass
+class WilcoxonResult:
+    """The cell-level Wilcoxon DE table of :func:`rank_genes_wilcoxon`, its test and group sizes."""
+
+    table: pd.DataFrame
+    n_cells_a: int
+    n_cells_b: int
+    pseudocount: float
+    method: str = WILCOXON_METHOD
+
+
 def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.ndarray,
                         gene_labels: Sequence[str], *, pseudocount: float = 0.1,
-                        progress: Progress | None = None) -> pd.DataFrame:
+                        progress: Progress | None = None) -> WilcoxonResult:
     """Cell-level Wilcoxon rank-sum test of group B against group A for every gene.
 
     Exploratory: cells are treated as independent replicates, which they are not (cells of
@@ -102,13 +113,13 @@ def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.nda
 
     Returns
     -------
-    pandas.DataFrame
-        ``gene, log2fc, mean_a, mean_b, pct_a, pct_b, score, pval, padj`` sorted by ``score``
-        descending (up in B first). ``log2fc = log2((mean(expm1 B) + pc) / (mean(expm1 A) + pc))``,
+    WilcoxonResult
+        Its ``table``: ``gene, log2fc, mean_a, mean_b, pct_a, pct_b, score, pval, padj`` sorted by
+        ``score`` descending (up in B first). ``log2fc = log2((mean(expm1 B) + pc) / (mean(expm1 A) + pc))``,
         the fold change of mean normalised expression (unlike scanpy's ``expm1`` of the mean
         log value); ``mean_*`` are means of the log-normalised values; ``pct_*`` the fraction of
         cells with a nonzero value; ``score`` the z-score (positive: higher in B); ``padj``
-        Benjamini-Hochberg. ``attrs["method"] = "wilcoxon (cell-level, exploratory)"``.
+        Benjamini-Hochberg. ``method`` is "wilcoxon (cell-level, exploratory)".
     """
     X_a, X_b = (sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr() for X in (X_a, X_b))
     n_a, n_b = X_a.shape[0], X_b.shape[0]
@@ -163,13 +174,21 @@ def rank_genes_wilcoxon(X_a: sp.spmatrix | np.ndarray, X_b: sp.spmatrix | np.nda
         "score": score, "pval": pval, "padj": benjamini_hochberg(pval),
     })
     table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    table.attrs.update(method=WILCOXON_METHOD, n_cells_a=n_a, n_cells_b=n_b, pseudocount=pseudocount)
     report(progress, 1.0, "Differential expression done")
-    return table
+    return WilcoxonResult(table=table, n_cells_a=int(n_a), n_cells_b=int(n_b), pseudocount=pseudocount)
+
+
+@dataclass
+class VolcanoResult:
+    """A DE table ready for a volcano plot (:func:`volcano_frame`) and the thresholds of its categories."""
+
+    table: pd.DataFrame
+    lfc_threshold: float
+    padj_threshold: float
 
 
 def volcano_frame(de: pd.DataFrame, *, lfc_threshold: float = 1.0, padj_threshold: float = 0.05,
-                  max_neg_log10: float = 300.0) -> pd.DataFrame:
+                  max_neg_log10: float = 300.0) -> VolcanoResult:
     """A copy of a DE table ready for a volcano plot.
 
     Adds ``neg_log10_padj`` (``-log10 padj``, clipped to ``[0, max_neg_log10]`` so padj = 0 stays
@@ -187,8 +206,7 @@ def volcano_frame(de: pd.DataFrame, *, lfc_threshold: float = 1.0, padj_threshol
     lfc = out["log2fc"].to_numpy(dtype=np.float64)
     out["category"] = np.where(significant & (lfc >= lfc_threshold), "up",
                                np.where(significant & (lfc <= -lfc_threshold), "down", "n.s."))
-    out.attrs.update(lfc_threshold=lfc_threshold, padj_threshold=padj_threshold)
-    return out
+    return VolcanoResult(table=out, lfc_threshold=lfc_threshold, padj_threshold=padj_threshold)
 
 
 # ----------------------------------------------------------------------------- atlas wrapper
@@ -197,8 +215,9 @@ class CompareResult:
     """Condition ``b`` compared with condition ``a`` (``a`` is the reference, e.g. healthy).
 
     ``composition`` is the :func:`composition_shift` table over all cell types (``None`` when
-    the atlas has no cell-type column); ``de`` the differential-expression table within
-    ``cell_type`` (all cells when ``None``).
+    the atlas has no cell-type column) and ``composition_method`` its test; ``de`` the
+    differential-expression table within ``cell_type`` (all cells when ``None``), made by
+    ``method``; ``cached``: the pseudobulk table was read from the bundle's cache.
     """
 
     a: str
@@ -211,6 +230,8 @@ class CompareResult:
     subsampled: bool
     method: str
     warnings: list[str] = field(default_factory=list)
+    composition_method: str | None = None
+    cached: bool = False
 
 
 def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = None,
@@ -257,17 +278,18 @@ def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = 
     report(progress, 0.0, "Selecting cells")
     cells_a = select_cells(obs, condition=a, cell_type=cell_type, roles=roles)
     cells_b = select_cells(obs, condition=b, cell_type=cell_type, roles=roles)
-    composition_table = None
+    composition_fields = {"composition": None, "composition_method": None}
     if roles.get("cell_type") is not None and roles["cell_type"] in obs.columns:
         donor_key = roles.get("donor") if roles.get("donor") in obs.columns else None
-        composition_table = composition_shift(obs, a, b, cell_type_key=roles["cell_type"],
-                                              condition_key=roles["condition"], donor_key=donor_key)
+        composition = composition_shift(obs, a, b, cell_type_key=roles["cell_type"],
+                                        condition_key=roles["condition"], donor_key=donor_key)
+        composition_fields = {"composition": composition.table, "composition_method": composition.method}
     if method == "pseudobulk":
 
         de = contrast_de(atlas, a, b, cell_type, progress=scaled(progress, 0.1, 1.0))
-        return CompareResult(a=str(a), b=str(b), cell_type=cell_type, composition=composition_table, de=de,
-                             n_cells_a=int(cells_a.size), n_cells_b=int(cells_b.size), subsampled=False,
-                             method=de.attrs["method"], warnings=list(de.attrs.get("notes", [])))
+        return CompareResult(a=str(a), b=str(b), cell_type=cell_type, de=de.table, n_cells_a=int(cells_a.size),
+                             n_cells_b=int(cells_b.size), subsampled=False, method=de.method,
+                             warnings=list(de.notes), cached=de.cached, **composition_fields)
     sub_a = subsample(cells_a, max_cells_per_group, seed, 0)
     sub_b = subsample(cells_b, max_cells_per_group, seed, 1)
     subsampled = sub_a.size < cells_a.size or sub_b.size < cells_b.size
@@ -278,6 +300,6 @@ def compare_conditions(atlas: Atlas, a: str, b: str, *, cell_type: str | None = 
     X_a = atlas.expression(sub_a)
     X_b = atlas.expression(sub_b)
     de = rank_genes_wilcoxon(X_a, X_b, atlas.genes.labels, progress=scaled(progress, 0.2, 1.0))
-    return CompareResult(a=str(a), b=str(b), cell_type=cell_type, composition=composition_table, de=de,
-                         n_cells_a=int(sub_a.size), n_cells_b=int(sub_b.size), subsampled=subsampled,
-                         method=WILCOXON_METHOD, warnings=warnings)
+    return CompareResult(a=str(a), b=str(b), cell_type=cell_type, de=de.table, n_cells_a=int(sub_a.size),
+                         n_cells_b=int(sub_b.size), subsampled=subsampled, method=de.method, warnings=warnings,
+                         **composition_fields)

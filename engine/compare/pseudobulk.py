@@ -74,9 +74,31 @@ class PseudobulkParams:
     min_total_count: int = 15
 
 
+@dataclass
+class PseudobulkResult:
+    """Pseudobulk DESeq2 of condition ``b`` against reference ``a`` within ``cell_type``.
+
+    ``table`` has one row per tested gene (:data:`COLUMNS`, see :func:`pseudobulk_de`); ``notes``
+    are plain sentences for the user (dropped donor samples, genes tested, DESeq2 warnings);
+    ``n_genes_tested`` of the atlas's ``n_genes`` passed the expression filter; ``cached``: read
+    from the bundle's cache (``summaries/de/``) rather than computed now.
+    """
+
+    table: pd.DataFrame
+    a: str
+    b: str
+    cell_type: str
+    params: PseudobulkParams
+    notes: list[str]
+    n_genes: int
+    n_genes_tested: int
+    method: str = PSEUDOBULK_METHOD
+    cached: bool = False
+
+
 # ----------------------------------------------------------------------------- one contrast
 def pseudobulk_de(summaries: Summaries, gene_labels: list[str], a: str, b: str, cell_type: str, *,
-                  params: PseudobulkParams | None = None, progress: Progress | None = None) -> pd.DataFrame:
+                  params: PseudobulkParams | None = None, progress: Progress | None = None) -> PseudobulkResult:
     """Pseudobulk DESeq2 of condition ``b`` against reference ``a`` within one cell type.
 
     Parameters
@@ -96,13 +118,12 @@ def pseudobulk_de(summaries: Summaries, gene_labels: list[str], a: str, b: str, 
 
     Returns
     -------
-    pandas.DataFrame
-        One row per tested gene, sorted by ``stat`` (largest increase first): ``gene, log2fc``
-        (DESeq2 MLE log2 fold change b/a), ``lfcSE, stat`` (Wald), ``pval, padj`` (BH; NaN for
-        Cook's outliers and independently filtered genes), ``baseMean, mean_a, mean_b`` (mean
-        log-normalised expression), ``pct_a, pct_b`` (fraction of cells expressing), ``n_donors_a,
-        n_donors_b, n_cells_a, n_cells_b``. ``attrs``: ``method, a, b, cell_type, params, notes,
-        n_genes, n_genes_tested``.
+    PseudobulkResult
+        Its ``table`` has one row per tested gene, sorted by ``stat`` (largest increase first):
+        ``gene, log2fc`` (DESeq2 MLE log2 fold change b/a), ``lfcSE, stat`` (Wald), ``pval, padj``
+        (BH; NaN for Cook's outliers and independently filtered genes), ``baseMean, mean_a, mean_b``
+        (mean log-normalised expression), ``pct_a, pct_b`` (fraction of cells expressing),
+        ``n_donors_a, n_donors_b, n_cells_a, n_cells_b``.
 
     Raises
     ------
@@ -143,10 +164,9 @@ def pseudobulk_de(summaries: Summaries, gene_labels: list[str], a: str, b: str, 
                      "little signal to pass DESeq2's independent filtering).")
     table = table[COLUMNS].sort_values("stat", ascending=False, kind="stable", na_position="last")
     table = table.reset_index(drop=True)
-    table.attrs.update(method=PSEUDOBULK_METHOD, a=a, b=b, cell_type=cell_type, params=asdict(params),
-                       notes=notes, n_genes=int(keep.size), n_genes_tested=int(keep.sum()))
     report(progress, 1.0, "Pseudobulk DE done")
-    return table
+    return PseudobulkResult(table=table, a=a, b=b, cell_type=cell_type, params=params, notes=notes,
+                            n_genes=int(keep.size), n_genes_tested=int(keep.sum()))
 
 
 def _samples(summaries: Summaries, a: str, b: str, cell_type: str, params: PseudobulkParams
@@ -305,36 +325,38 @@ def _key(cell_type: str, a: str, b: str) -> tuple[str, str, str]:
 
 
 def cached_de(atlas: Atlas, a: str, b: str, cell_type: str, *,
-              params: PseudobulkParams | None = None) -> pd.DataFrame | None:
-    """The cached pseudobulk table of ``b`` vs ``a`` in ``cell_type``, or ``None`` when not cached.
+              params: PseudobulkParams | None = None) -> PseudobulkResult | None:
+    """The cached pseudobulk result of ``b`` vs ``a`` in ``cell_type``, or ``None`` when not cached.
 
     A cache made with other ``params`` (default :class:`PseudobulkParams`) or for another gene
-    list counts as absent.
+    list counts as absent. The table is a contrast's parquet file; everything else comes from
+    ``index.json``.
     """
+    params = params or PseudobulkParams()
     index = _read_index(atlas)
-    if index is None or index["params"] != asdict(params or PseudobulkParams()):
+    if index is None or index["params"] != asdict(params):
         return None
     entry = next((e for e in index["contrasts"] if _key(e["cell_type"], e["a"], e["b"]) == _key(cell_type, a, b)),
                  None)
     if entry is None:
         return None
     table = pd.read_parquet(_cache_path(atlas) / entry["file"])
-    table.attrs = {"method": index["method"], "a": entry["a"], "b": entry["b"], "cell_type": entry["cell_type"],
-                   "params": index["params"], "notes": entry["notes"], "n_genes": entry["n_genes"],
-                   "n_genes_tested": entry["n_genes_tested"], "cached": True}
-    return table
+    table.attrs = {}  # caches written before PseudobulkResult also kept index.json's fields in the parquet metadata
+    return PseudobulkResult(table=table, a=entry["a"], b=entry["b"], cell_type=entry["cell_type"], params=params,
+                            notes=list(entry["notes"]), n_genes=int(entry["n_genes"]),
+                            n_genes_tested=int(entry["n_genes_tested"]), method=index["method"], cached=True)
 
 
 def contrast_de(atlas: Atlas, a: str, b: str, cell_type: str, *, params: PseudobulkParams | None = None,
-                use_cache: bool = True, progress: Progress | None = None) -> pd.DataFrame:
+                use_cache: bool = True, progress: Progress | None = None) -> PseudobulkResult:
     """Pseudobulk DE of ``b`` vs ``a`` in ``cell_type``: from the cache when there, else computed now.
 
     Nothing is written (the app reads bundles only); see :func:`pseudobulk_de` for the table.
     """
-    table = cached_de(atlas, a, b, cell_type, params=params) if use_cache else None
-    if table is not None:
+    cached = cached_de(atlas, a, b, cell_type, params=params) if use_cache else None
+    if cached is not None:
         report(progress, 1.0, "Pseudobulk DE read from the bundle's cache")
-        return table
+        return cached
     return pseudobulk_de(atlas.summaries, atlas.genes.labels, a, b, cell_type, params=params, progress=progress)
 
 
@@ -371,20 +393,21 @@ def precompute_de(atlas: Atlas, *, cell_types: list[str] | None = None, conditio
             report(step, 0.0, f"{cell_type}: {b} vs {a} ({i + 1}/{len(contrasts)})")
             start = time.perf_counter()
             try:
-                table = pseudobulk_de(atlas.summaries, atlas.genes.labels, a, b, cell_type, params=params)
+                result = pseudobulk_de(atlas.summaries, atlas.genes.labels, a, b, cell_type, params=params)
             except VCellError as exc:
                 skipped.append({"cell_type": cell_type, "a": a, "b": b, "reason": str(exc)})
                 rows.append({"cell_type": cell_type, "a": a, "b": b, "skipped": str(exc)})
                 continue
             file = next(f for n in range(len(used) + 1) if (f := f"contrast-{n:04d}.parquet") not in used)
             used.add(file)
+            table = result.table
             table.to_parquet(tmp / file)
             significant = table["padj"] < 0.05
-            summary = {"n_genes_tested": table.attrs["n_genes_tested"],
+            summary = {"n_genes_tested": result.n_genes_tested,
                        "n_up": int((significant & (table["log2fc"] > 0)).sum()),
                        "n_down": int((significant & (table["log2fc"] < 0)).sum())}
-            entries.append({"cell_type": cell_type, "a": a, "b": b, "file": file, "n_genes": table.attrs["n_genes"],
-                            **summary, "notes": table.attrs["notes"]})
+            entries.append({"cell_type": cell_type, "a": a, "b": b, "file": file, "n_genes": result.n_genes,
+                            **summary, "notes": result.notes})
             rows.append({"cell_type": cell_type, "a": a, "b": b, **summary,
                          "seconds": round(time.perf_counter() - start, 2), "skipped": ""})
         write_json(tmp / "index.json", {

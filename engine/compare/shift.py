@@ -11,6 +11,7 @@ condition, so a shift of 2 means "twice as far as donors differ from each other"
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 from math import comb
 
@@ -69,9 +70,24 @@ def _within_spread(centroids: np.ndarray, in_b: np.ndarray) -> float:
     return float(np.median(distances)) if distances else float("nan")
 
 
+@dataclass
+class ShiftResult:
+    """Per cell type, how far condition ``b``'s cells sit from ``a``'s in an embedding (:func:`embedding_shift`).
+
+    ``embedding`` names the bundle's embedding (``None`` when an array was passed); ``method``
+    describes the test.
+    """
+
+    table: pd.DataFrame
+    a: str
+    b: str
+    method: str = METHOD
+    embedding: str | None = None
+
+
 def embedding_shift(embedding: np.ndarray, obs: pd.DataFrame, a: str, b: str, *, cell_type_key: str = "cell_type",
                     condition_key: str = "disease", donor_key: str = "donor_id", min_cells: int = 10,
-                    n_permutations: int = 1000, seed: int = 0) -> pd.DataFrame:
+                    n_permutations: int = 1000, seed: int = 0) -> ShiftResult:
     """Per cell type, the shift of condition ``b``'s cells away from condition ``a``'s in an embedding.
 
     Parameters
@@ -90,10 +106,10 @@ def embedding_shift(embedding: np.ndarray, obs: pd.DataFrame, a: str, b: str, *,
 
     Returns
     -------
-    pandas.DataFrame
-        One row per cell type: ``cell_type, n_cells_a, n_cells_b, n_donors_a, n_donors_b, shift,
-        null_mean, relative_shift`` (shift / median within-condition donor distance), ``pval, min_pval,
-        padj, exact, note``; sorted by ``relative_shift`` descending. ``attrs["method"]`` describes it.
+    ShiftResult
+        Its ``table`` has one row per cell type: ``cell_type, n_cells_a, n_cells_b, n_donors_a,
+        n_donors_b, shift, null_mean, relative_shift`` (shift / median within-condition donor distance),
+        ``pval, min_pval, padj, exact, note``; sorted by ``relative_shift`` descending.
 
     Raises
     ------
@@ -166,11 +182,10 @@ def embedding_shift(embedding: np.ndarray, obs: pd.DataFrame, a: str, b: str, *,
         raise EmptySelectionError(f"No cell type has donors with at least {min_cells} cells in both '{a}' and '{b}'.")
     table.insert(table.columns.get_loc("exact"), "padj", bh_with_nan(table["pval"].to_numpy()))
     table = table.sort_values(["relative_shift", "shift"], ascending=False, na_position="last", kind="stable")
-    table.attrs.update(method=METHOD, a=str(a), b=str(b))
-    return table.reset_index(drop=True)
+    return ShiftResult(table=table.reset_index(drop=True), a=str(a), b=str(b))
 
 
-def atlas_embedding_shift(atlas, a: str, b: str, *, embedding: str | None = None, **options) -> pd.DataFrame:
+def atlas_embedding_shift(atlas, a: str, b: str, *, embedding: str | None = None, **options) -> ShiftResult:
     """:func:`embedding_shift` on an atlas bundle's (default) embedding and harmonised roles."""
     roles = atlas.roles
     for role in ("cell_type", "condition", "donor"):
@@ -179,7 +194,7 @@ def atlas_embedding_shift(atlas, a: str, b: str, *, embedding: str | None = None
                              "types, conditions and donors (rebuild with --cell-type-key/--condition-key/--donor-key, "
                              "or run `vcell annotate`).")
     name = embedding or atlas.default_embedding
-    table = embedding_shift(atlas.embedding(name), atlas.obs, a, b, cell_type_key=roles["cell_type"],
-                            condition_key=roles["condition"], donor_key=roles["donor"], **options)
-    table.attrs["embedding"] = name
-    return table
+    result = embedding_shift(atlas.embedding(name), atlas.obs, a, b, cell_type_key=roles["cell_type"],
+                             condition_key=roles["condition"], donor_key=roles["donor"], **options)
+    result.embedding = name
+    return result

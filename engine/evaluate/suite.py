@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -23,12 +25,26 @@ from engine.fileio import atomic_path, write_json
 RESPONSE_DIR = "evaluation/response"  # the virtual cell's leave-one-out (engine.perturb.evaluation)
 
 
+@dataclass
+class EvaluationResult:
+    """A table of scores and what its reader should know.
+
+    ``table``: the scores (one row per method and seed, or per held-out cell type and method);
+    ``notes``: plain sentences on how they were made (samples, splits, optimism); ``metric``: the
+    kNN metric, where one was used. :func:`save_evaluation` writes all three.
+    """
+
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    metric: str | None = None
+
+
 # -- a whole bundle ---------------------------------------------------------------------------------------
 def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca",), seeds=(0, 1, 2), k: int = 15,
                     metric: str = "l2", query_fraction: float = 0.3, max_cells: int | None = 50_000,
                     n_components: int = 64, linear: bool = True, supervised: bool = True, epochs: int = 20,
                     finetune: dict | None = None, reconstruct: dict | None = None, hidden_fraction: float = 0.5,
-                    label_fraction: float = 1.0) -> pd.DataFrame:
+                    label_fraction: float = 1.0) -> EvaluationResult:
     """Evaluate a bundle's embeddings beside the HVG, reference-fitted PCA and supervised baselines.
 
     Each seed holds out a different set of donors (:func:`donor_split`); without donors it falls back to
@@ -86,8 +102,8 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
 
     Returns
     -------
-    pandas.DataFrame
-        The :func:`evaluate_embeddings` table; ``table.attrs["notes"]`` lists what the caller should know.
+    EvaluationResult
+        The :func:`evaluate_embeddings` table, the notes the caller should know and ``metric``.
 
     Raises
     ------
@@ -153,24 +169,24 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
                      "their label (kNN, probe and classifiers); unsupervised fits see all reference cells")
     table = evaluate_embeddings(sources, cell_labels, split, seeds, k=k, metric=metric, linear=linear,
                                 label_fraction=label_fraction)
-    table.attrs["notes"] = notes
-    table.attrs["metric"] = metric
-    return table
+    return EvaluationResult(table=table, notes=notes, metric=metric)
 
 
-def save_evaluation(path, results: pd.DataFrame, summary: pd.DataFrame | None = None) -> None:
-    """Write ``results.csv``, ``summary.csv`` (default :func:`summarise`) and ``notes.json`` into ``path``, atomically."""
+def save_evaluation(path, results: EvaluationResult, summary: pd.DataFrame | None = None) -> None:
+    """Write ``results.csv``, ``summary.csv`` (default :func:`summarise`) and ``notes.json`` into ``path``, atomically.
+
+    ``notes.json`` holds the result's ``notes`` and ``metric``.
+    """
     from pathlib import Path
 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    summary = summarise(results) if summary is None else summary
-    for name, table in (("results.csv", results), ("summary.csv", summary)):
+    summary = summarise(results.table) if summary is None else summary
+    for name, table in (("results.csv", results.table), ("summary.csv", summary)):
         with atomic_path(path / name) as tmp:
             table.to_csv(tmp, index=False)
-    write_json(path / "notes.json", {"notes": list(results.attrs.get("notes", [])),
-                                     "metric": results.attrs.get("metric")})
+    write_json(path / "notes.json", {"notes": list(results.notes), "metric": results.metric})
 
 
 def load_evaluation(path) -> tuple[pd.DataFrame, list[str]] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -24,8 +25,18 @@ from engine.fileio import atomic_path
 from engine.models.serialize import align_block, align_genes, load_model
 
 
+@dataclass
+class UnionResult:
+    """What :func:`write_union` wrote: the ``.h5ad`` ``path``, a ``report`` with one row per source
+    (``dataset, cells, genes_found, genes_zero_filled``) and ``genes_kept``, the genes of the union."""
+
+    path: Path
+    report: pd.DataFrame
+    genes_kept: int
+
+
 def write_union(sources: Mapping[str, ad.AnnData | str | os.PathLike], genes: Sequence[str],
-                out: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+                out: str | os.PathLike) -> UnionResult:
     """Write the union of several data sets' raw counts, restricted to and ordered as ``genes``.
 
     A gene is kept when at least one source has it; a source that lacks a kept gene reads 0 there (the
@@ -43,8 +54,9 @@ def write_union(sources: Mapping[str, ad.AnnData | str | os.PathLike], genes: Se
 
     Returns
     -------
-    ``(path, report)``: the report has one row per source (``cells``, ``genes_found``, ``genes_zero_filled``)
-    and ``attrs["genes_kept"]``.
+    UnionResult
+        The written path, a report with one row per source (``cells``, ``genes_found``,
+        ``genes_zero_filled``) and ``genes_kept``.
 
     Raises
     ------
@@ -89,8 +101,7 @@ def write_union(sources: Mapping[str, ad.AnnData | str | os.PathLike], genes: Se
     report = pd.DataFrame({"dataset": list(found), "cells": rows,
                            "genes_found": [len(c) for c in found.values()],
                            "genes_zero_filled": [len(kept) - len(c) for c in found.values()]})
-    report.attrs["genes_kept"] = len(kept)
-    return out, report
+    return UnionResult(path=out, report=report, genes_kept=len(kept))
 
 
 def checkpoint_source(atlas, cells: np.ndarray, cell_labels: np.ndarray, name: str, path: str | os.PathLike, *,

@@ -26,17 +26,29 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.bundle.atlas import Atlas
 
 
+@dataclass
+class AdditiveResult:
+    """A combination's joint prediction beside the additive model (the sum of single-gene predictions).
+
+    ``table``: ``gene, joint, additive, difference (joint - additive), is_target`` sorted by
+    ``|joint|``; ``pearson_r``: joint vs additive over non-target genes (NaN when either is
+    constant); ``method``: the predictor (``"model"`` or ``"ridge"``); ``spec``: the combination
+    in words; ``n_cells``: cells of the population.
+    """
+
+    table: pd.DataFrame
+    pearson_r: float
+    method: str
+    spec: str
+    n_cells: int
+
+
 def additive_combination(atlas: Atlas, genes: Sequence[str], mode: str, *, cell_type: str | None = None,
                          condition: str | None = None, strength: float | None = None, method: str = "model",
-                         max_cells: int | None = 2000, n_masks: int = DEFAULT_MASKS, seed: int = 0) -> pd.DataFrame:
+                         max_cells: int | None = 2000, n_masks: int = DEFAULT_MASKS, seed: int = 0) -> AdditiveResult:
     """The additive model for a combination: the sum of single-gene predicted shifts beside the joint one.
 
-    Returns
-    -------
-    pandas.DataFrame
-        ``gene, joint, additive, difference (joint - additive), is_target`` sorted by
-        ``|joint|``; ``attrs``: ``pearson_r`` (joint vs additive over non-target genes, NaN when
-        either is constant), ``method``, ``n_cells``. For one gene both columns are the same prediction.
+    For one gene both columns are the same prediction; see :class:`AdditiveResult`.
     """
     check_method(method)
     cells = np.arange(atlas.n_cells)
@@ -60,8 +72,7 @@ def additive_combination(atlas: Atlas, genes: Sequence[str], mode: str, *, cell_
     r = np.nan if joint[rest].std() == 0 or additive[rest].std() == 0 else \
         float(np.corrcoef(joint[rest], additive[rest])[0, 1])
     table = table.iloc[np.argsort(-np.abs(joint), kind="stable")].reset_index(drop=True)
-    table.attrs.update(pearson_r=r, method=method, n_cells=int(cells.size), spec=ctx.spec.describe())
-    return table
+    return AdditiveResult(table=table, pearson_r=r, method=method, spec=ctx.spec.describe(), n_cells=int(cells.size))
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from engine.errors import InputError
@@ -23,10 +22,12 @@ from engine.perturb.spec import (
     NO_CHANGE_METHOD,
     RIDGE_METHOD,
     PerturbationSpec,
+    ShiftPrediction,
     clamp_targets,
     shift_table,
 )
 from engine.progress import Progress, report
+from engine.stats import bootstrap_weights
 
 
 def _dense_columns(X: sp.spmatrix | np.ndarray, columns: Sequence[int]) -> np.ndarray:
@@ -94,11 +95,10 @@ def _check_inputs(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec: Per
 
 def no_change_baseline(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec: PerturbationSpec, *,
                        gene_labels: Sequence[str] | None = None, max_genes: int | None = 2000,
-                       cap: np.ndarray | None = None, level: np.ndarray | None = None) -> pd.DataFrame:
+                       cap: np.ndarray | None = None, level: np.ndarray | None = None) -> ShiftPrediction:
     """The null prediction: no gene moves except the clamped targets themselves.
 
-    Same table as :func:`ridge_perturbation` (``ci_low = ci_high = shift``);
-    ``attrs["method"] = "no-change baseline"``.
+    Same result as :func:`ridge_perturbation` (``ci_low = ci_high = shift``), ``method`` "no-change baseline".
     """
     targets, labels = _check_inputs(X, targets, spec, gene_labels)
     genes = _select_genes(X, targets, max_genes)
@@ -109,15 +109,15 @@ def no_change_baseline(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
     shift = np.zeros(genes.size)
     shift[local] = (clamp_targets(x_t, spec, cap=cap, level=level) - x_t).mean(axis=0)
     table = shift_table([labels[g] for g in genes], mean_control, shift, shift.copy(), shift.copy(), local)
-    table.attrs.update(method=NO_CHANGE_METHOD, warnings=[], n_cells=int(X.shape[0]))
-    return table
+    return ShiftPrediction(table=table, method=NO_CHANGE_METHOD, spec=spec.describe([labels[t] for t in targets]),
+                           n_cells=int(X.shape[0]))
 
 
 def ridge_perturbation(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec: PerturbationSpec, *,
                        alpha: float = 1.0, n_boot: int = 50, seed: int = 0,
                        gene_labels: Sequence[str] | None = None, max_genes: int | None = 2000,
                        donors: np.ndarray | None = None, cap: np.ndarray | None = None,
-                       level: np.ndarray | None = None, progress: Progress | None = None) -> pd.DataFrame:
+                       level: np.ndarray | None = None, progress: Progress | None = None) -> ShiftPrediction:
     """Predict a perturbation's mean expression shift from co-expression (ridge regression).
 
     In the given cells, every gene y is regressed on the standardised target genes z
@@ -160,11 +160,10 @@ def ridge_perturbation(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
 
     Returns
     -------
-    pandas.DataFrame
-        ``gene, mean_control, shift, ci_low, ci_high, mean_perturbed, is_target`` sorted by
-        ``|shift|`` descending; ``attrs``: ``method`` ("ridge co-expression baseline"),
-        ``warnings`` (plain sentences, e.g. a target no cell expresses), ``bootstrap``
-        ("cells", "donors" or "none"), ``n_cells``.
+    ShiftPrediction
+        ``table``: ``gene, mean_control, shift, ci_low, ci_high, mean_perturbed, is_target`` sorted
+        by ``|shift|`` descending; ``method`` "ridge co-expression baseline", ``warnings`` (plain
+        sentences, e.g. a target no cell expresses), ``bootstrap`` ("cells", "donors" or "none").
 
     Raises
     ------
@@ -182,23 +181,12 @@ def ridge_perturbation(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
     Xg = Xg.tocsr().astype(np.float64) if sp.issparse(Xg) else np.asarray(Xg, dtype=np.float64)
     delta = clamp_targets(x_t, spec, cap=cap, level=level) - x_t  # cells x k
 
+    if donors is not None and np.asarray(donors).shape[0] != n:
+        raise InputError(f"{np.asarray(donors).shape[0]} donor labels for {n} cells: pass one label per cell.")
     # resampling weights: column 0 is the data itself, then one column per bootstrap draw
-    rng = np.random.default_rng(seed)
     weights = np.ones((n, 1 + max(int(n_boot), 0)))
-    bootstrap = "none"
-    if n_boot > 0:
-        if donors is not None:
-            donors = np.asarray(donors)
-            if donors.shape[0] != n:
-                raise InputError(f"{donors.shape[0]} donor labels for {n} cells: pass one label per cell.")
-            codes, uniques = pd.factorize(donors)
-            draws = rng.integers(0, uniques.size, size=(n_boot, uniques.size))
-            per_donor = np.stack([np.bincount(d, minlength=uniques.size) for d in draws], axis=1)
-            weights[:, 1:] = per_donor[codes]
-            bootstrap = "donors"
-        else:
-            weights[:, 1:] = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T
-            bootstrap = "cells"
+    weights[:, 1:] = bootstrap_weights(n, n_boot, seed, groups=donors)
+    bootstrap = "none" if n_boot <= 0 else "cells" if donors is None else "donors"
     total = weights.sum(axis=0)  # (B,)
     k, B = targets.size, weights.shape[1]
     report(progress, 0.15, "Fitting co-expression")
@@ -235,6 +223,5 @@ def ridge_perturbation(X: sp.spmatrix | np.ndarray, targets: Sequence[int], spec
         low, high = point.copy(), point.copy()
     report(progress, 1.0, "Perturbation predicted")
     table = shift_table([labels[g] for g in genes], mu_g[:, 0], point, low, high, local)
-    table.attrs.update(method=RIDGE_METHOD, warnings=warnings, bootstrap=bootstrap, n_cells=int(n),
-                       alpha=alpha, n_boot=int(n_boot), spec=spec.describe([labels[t] for t in targets]))
-    return table
+    return ShiftPrediction(table=table, method=RIDGE_METHOD, spec=spec.describe([labels[t] for t in targets]),
+                           n_cells=int(n), warnings=warnings, bootstrap=bootstrap)

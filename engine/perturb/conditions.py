@@ -106,12 +106,12 @@ def predict_shift(ctx: PredictionContext, x: np.ndarray, targets: np.ndarray, sp
              cap: np.ndarray, level: np.ndarray, seed: int, n_masks: int) -> np.ndarray:
     """Predicted mean shift of every kept gene (``ctx.present`` order) in the cells ``x``."""
     if method == "model":
-        table = model_shift(ctx.model, x, targets, spec, missing=ctx.missing, gene_labels=ctx.labels, cap=cap,
-                            level=level, n_masks=n_masks, n_boot=0, seed=seed)
+        prediction = model_shift(ctx.model, x, targets, spec, missing=ctx.missing, gene_labels=ctx.labels, cap=cap,
+                                 level=level, n_masks=n_masks, n_boot=0, seed=seed)
     else:
-        table = ridge_perturbation(x[:, ctx.present], np.searchsorted(ctx.present, targets), spec, n_boot=0,
-                                   gene_labels=ctx.kept, max_genes=None, cap=cap, level=level, seed=seed)
-    return table.set_index("gene")["shift"].reindex(ctx.kept).to_numpy(dtype=np.float64)
+        prediction = ridge_perturbation(x[:, ctx.present], np.searchsorted(ctx.present, targets), spec, n_boot=0,
+                                        gene_labels=ctx.kept, max_genes=None, cap=cap, level=level, seed=seed)
+    return prediction.table.set_index("gene")["shift"].reindex(ctx.kept).to_numpy(dtype=np.float64)
 
 
 def check_method(method: str) -> None:

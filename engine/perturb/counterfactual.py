@@ -44,12 +44,22 @@ class ModelPerturbResult(PerturbResult):
 
     ``table`` is the model's; ``baselines`` maps a method name (no-change, ridge) to a table of
     the same shape over the same cells and genes; ``landing`` is ``None`` with ``landing_note``
-    saying why when the bundle's index is not the model's embedding.
+    saying why when the bundle's index is not the model's embedding. ``n_models`` (training
+    seeds pooled), ``n_masks``, ``n_pairs``, ``device``, and the interval's parts ``se_mask``,
+    ``sd_bootstrap`` and ``sd_seed`` (aligned with ``table``'s rows) are those of the model's
+    :class:`~engine.perturb.virtual_cell.ModelShift`.
     """
 
     baselines: dict[str, pd.DataFrame] = field(default_factory=dict)
     landing: Landing | None = None
     landing_note: str | None = None
+    n_models: int = 1
+    n_masks: int = 0
+    n_pairs: int = 0
+    device: str = "cpu"
+    se_mask: np.ndarray | None = None
+    sd_bootstrap: np.ndarray | None = None
+    sd_seed: np.ndarray | None = None
 
 
 def _load_checked(path: Path) -> tuple[nn.Module, list[str]]:
@@ -134,7 +144,7 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
     cells start from the atlas-wide expressed mean. When the bundle was built with
     ``--model-seeds N``, the N models' predictions are pooled and the intervals include the
     spread between training seeds (:func:`~engine.perturb.ensemble.ensemble_shift`;
-    ``table.attrs["n_models"]``). The no-change and ridge baselines run on the same cells,
+    ``n_models``). The no-change and ridge baselines run on the same cells,
     genes and clamp; where the perturbed cells land is computed (with the bundle's main model)
     when the bundle's index is the model's embedding.
 
@@ -178,26 +188,30 @@ def perturb_with_model(atlas: Atlas, genes: Sequence[str], mode: str, *, strengt
     if donor_key is not None and donor_key in atlas.obs.columns:
         values = atlas.obs[donor_key].to_numpy()[chosen]
         donors = values if pd.Series(values).nunique() >= MIN_DONORS_FOR_BOOTSTRAP else None
-    table = ensemble_shift([m for m, _ in models], x, targets, spec, missing=missing.numpy(), gene_labels=labels,
-                           cap=cap, level=level, n_masks=n_masks, max_pairs=max_pairs, donors=donors, n_boot=n_boot,
-                           seed=seed, device=device, progress=scaled(progress, 0.1, 0.7))
+    prediction = ensemble_shift([m for m, _ in models], x, targets, spec, missing=missing.numpy(),
+                                gene_labels=labels, cap=cap, level=level, n_masks=n_masks, max_pairs=max_pairs,
+                                donors=donors, n_boot=n_boot, seed=seed, device=device,
+                                progress=scaled(progress, 0.1, 0.7))
     report(progress, 0.7, "Baselines")
     present = np.flatnonzero(~missing.numpy())
     X = x.numpy()[:, present]
     local = np.searchsorted(present, targets)
     kept = [labels[g] for g in present]
     baselines = {NO_CHANGE_METHOD: no_change_baseline(X, local, spec, gene_labels=kept, max_genes=None,
-                                                      cap=cap, level=level),
+                                                      cap=cap, level=level).table,
                  RIDGE_METHOD: ridge_perturbation(X, local, spec, gene_labels=kept, max_genes=None, donors=donors,
-                                                  n_boot=n_boot, seed=seed, cap=cap, level=level)}
+                                                  n_boot=n_boot, seed=seed, cap=cap, level=level).table}
     report(progress, 0.85, "Where the cells go")
     landing, note = where_cells_go(atlas, model, x, missing, targets, spec, cap=cap, level=level,
                                    cells=chosen, k=k_neighbours, seed=seed, device=device)
     report(progress, 1.0, "Perturbation predicted")
-    warnings = list(table.attrs["warnings"])
     seeds = f", {len(models)} model seeds" if len(models) > 1 else ""
-    method = f"{MODEL_METHOD} ({table.attrs['n_masks']} masks, bootstrap over {table.attrs['bootstrap']}{seeds})"
+    method = f"{MODEL_METHOD} ({prediction.n_masks} masks, bootstrap over {prediction.bootstrap}{seeds})"
     return ModelPerturbResult(spec=spec, population=describe_population(cell_type, condition),
-                              n_cells=int(chosen.size), table=table, warnings=warnings, method=method,
-                              cell_type=cell_type, condition=condition, subsampled=chosen.size < cells.size,
-                              baselines=baselines, landing=landing, landing_note=note)
+                              n_cells=int(chosen.size), table=prediction.table, warnings=list(prediction.warnings),
+                              method=method, cell_type=cell_type, condition=condition,
+                              subsampled=chosen.size < cells.size, bootstrap=prediction.bootstrap,
+                              baselines=baselines, landing=landing, landing_note=note, n_models=prediction.n_models,
+                              n_masks=prediction.n_masks, n_pairs=prediction.n_pairs, device=prediction.device,
+                              se_mask=prediction.se_mask, sd_bootstrap=prediction.sd_bootstrap,
+                              sd_seed=prediction.sd_seed)

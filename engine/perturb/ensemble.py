@@ -9,6 +9,7 @@ adds the between-model spread to the average within-model variance (see :func:`e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,13 @@ from torch import nn
 
 from engine.errors import InputError
 from engine.perturb.spec import PerturbationSpec, shift_table
-from engine.perturb.virtual_cell import Z_95, model_shift
+from engine.perturb.virtual_cell import Z_95, ModelShift, model_shift
 from engine.progress import Progress, scaled
 
 
 def ensemble_shift(models: Sequence[nn.Module], x: np.ndarray | torch.Tensor, targets: Sequence[int],
                    spec: PerturbationSpec, *, progress: Progress | None = None,
-                   **model_shift_kwargs: Any) -> pd.DataFrame:
+                   **model_shift_kwargs: Any) -> ModelShift:
     """Predict a perturbation's shift with several masked autoencoders (training seeds) and pool them.
 
     Every model runs :func:`~engine.perturb.virtual_cell.model_shift` with the same arguments, seed
@@ -53,11 +54,11 @@ def ensemble_shift(models: Sequence[nn.Module], x: np.ndarray | torch.Tensor, ta
 
     Returns
     -------
-    pandas.DataFrame
-        The table of :func:`~engine.perturb.virtual_cell.model_shift` (same columns, sorted by
-        ``|shift|``); with one model exactly its table. ``attrs`` are the first model's with
-        ``se_mask`` and ``sd_bootstrap`` replaced by their root mean square over models, plus
-        ``n_models`` and ``sd_seed`` (a list aligned with the rows, zeros for one model).
+    ModelShift
+        As :func:`~engine.perturb.virtual_cell.model_shift` returns it (same table columns, sorted by
+        ``|shift|``); with one model exactly its result. With several, the fields are the first
+        model's with ``se_mask`` and ``sd_bootstrap`` replaced by their root mean square over models,
+        ``n_models`` the number of models and ``sd_seed`` the spread between them (aligned with the rows).
 
     Raises
     ------
@@ -67,25 +68,21 @@ def ensemble_shift(models: Sequence[nn.Module], x: np.ndarray | torch.Tensor, ta
     if len(models) == 0:
         raise InputError("No model to predict with: pass at least one masked autoencoder.")
     n = len(models)
-    tables = [model_shift(model, x, targets, spec, progress=scaled(progress, i / n, (i + 1) / n),
-                          **model_shift_kwargs) for i, model in enumerate(models)]
-    if n == 1:
-        table = tables[0]
-        table.attrs.update(n_models=1, sd_seed=[0.0] * len(table))
-        return table
-    return _pool(tables)
+    predictions = [model_shift(model, x, targets, spec, progress=scaled(progress, i / n, (i + 1) / n),
+                               **model_shift_kwargs) for i, model in enumerate(models)]
+    return predictions[0] if n == 1 else _pool(predictions)
 
 
-def _by_gene(table: pd.DataFrame, genes: pd.Index) -> pd.DataFrame:
-    """A model's table with its per-row error attrs as columns, in the order of ``genes``."""
-    return (table.assign(se_mask=table.attrs["se_mask"], sd_bootstrap=table.attrs["sd_bootstrap"])
+def _by_gene(prediction: ModelShift, genes: pd.Index) -> pd.DataFrame:
+    """A model's table with its per-row errors as columns, in the order of ``genes``."""
+    return (prediction.table.assign(se_mask=prediction.se_mask, sd_bootstrap=prediction.sd_bootstrap)
             .set_index("gene").reindex(genes))
 
 
-def _pool(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Combine the tables of several models (see :func:`ensemble_shift`) into one of the same shape."""
-    genes = pd.Index(tables[0]["gene"])
-    aligned = [_by_gene(t, genes) for t in tables]
+def _pool(predictions: Sequence[ModelShift]) -> ModelShift:
+    """Combine the predictions of several models (see :func:`ensemble_shift`) into one of the same shape."""
+    genes = pd.Index(predictions[0].table["gene"])
+    aligned = [_by_gene(p, genes) for p in predictions]
     shifts = np.stack([a["shift"].to_numpy(np.float64) for a in aligned])
     within = np.mean([a["se_mask"].to_numpy() ** 2 + a["sd_bootstrap"].to_numpy() ** 2 for a in aligned], axis=0)
     is_target = aligned[0]["is_target"].to_numpy(bool)
@@ -96,9 +93,8 @@ def _pool(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
                    np.flatnonzero(is_target))
     row = genes.get_indexer(table["gene"])
 
-    def rms(column: str) -> list[float]:
-        return np.sqrt(np.mean([a[column].to_numpy() ** 2 for a in aligned], axis=0))[row].tolist()
+    def rms(column: str) -> np.ndarray:
+        return np.sqrt(np.mean([a[column].to_numpy() ** 2 for a in aligned], axis=0))[row]
 
-    table.attrs.update({**tables[0].attrs, "se_mask": rms("se_mask"), "sd_bootstrap": rms("sd_bootstrap"),
-                        "sd_seed": sd_seed[row].tolist(), "n_models": len(tables)})
-    return table
+    return replace(predictions[0], table=table, se_mask=rms("se_mask"), sd_bootstrap=rms("sd_bootstrap"),
+                   sd_seed=sd_seed[row], n_models=len(predictions))

@@ -27,7 +27,7 @@ from torch import nn
 from engine.build.pretrain import pretrain
 from engine.bundle.select import select_cells
 from engine.errors import InputError
-from engine.evaluate.suite import RESPONSE_DIR, save_evaluation
+from engine.evaluate.suite import RESPONSE_DIR, EvaluationResult, save_evaluation
 from engine.fileio import safe_name
 from engine.models.serialize import load_model
 from engine.perturb.baselines import latent_transfer
@@ -81,7 +81,7 @@ def eligible_cell_types(atlas: Atlas, condition_a: str, condition_b: str, min_ce
 def holdout_condition_response(atlas: Atlas, condition_a: str, condition_b: str, *,
                                cell_types: Sequence[str] | None = None, fit_model: ModelFit | None = None,
                                max_cells: int | None = 2000, seed: int = 0,
-                               progress: Progress | None = None) -> pd.DataFrame:
+                               progress: Progress | None = None) -> EvaluationResult:
     """Leave each cell type out and predict its ``condition_b`` profile from its ``condition_a`` cells.
 
     Parameters
@@ -103,9 +103,9 @@ def holdout_condition_response(atlas: Atlas, condition_a: str, condition_b: str,
 
     Returns
     -------
-    pandas.DataFrame
-        One row per cell type and method (:data:`METHODS`): ``cell_type, method, n_a, n_b`` and
-        :data:`SCORES`; ``attrs["notes"]`` describes the protocol.
+    EvaluationResult
+        ``table``: one row per cell type and method (:data:`METHODS`): ``cell_type, method, n_a, n_b``
+        and :data:`SCORES`; ``notes`` describe the protocol.
     """
     types = list(cell_types) if cell_types is not None else eligible_cell_types(atlas, condition_a, condition_b)
     if not types:
@@ -130,14 +130,13 @@ def holdout_condition_response(atlas: Atlas, condition_a: str, condition_b: str,
         rows += [{"cell_type": cell_type, "method": name, **sizes, **response_scores(pred, observed)}
                  for name, pred in predictions.items()]
     report(progress, 1.0, "Leave-one-out done")
-    frame = pd.DataFrame(rows)
-    frame.attrs["notes"] = [
+    notes = [
         f"Each cell type left out in turn: its '{condition_b}' profile predicted from its '{condition_a}' cells and "
         f"the other cell types' response; scored against its observed mean shift over {len(observed):,} model genes.",
         "The masked autoencoder was retrained without the held-out cells' response." if fit_model is not None else
         "The bundle's own masked autoencoder was used: it saw the held-out cells (unlabelled) while pretraining, "
         "so its scores are optimistic."]
-    return frame
+    return EvaluationResult(table=pd.DataFrame(rows), notes=notes)
 
 
 def holdout_trainer(atlas: Atlas, work: str | Path, *, epochs: int = 10, seed: int = 0,
@@ -160,9 +159,9 @@ def summarise_response(results: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def save_response(bundle: str | Path, results: pd.DataFrame) -> Path:
+def save_response(bundle: str | Path, results: EvaluationResult) -> Path:
     """Store the leave-one-out results and their summary in ``bundle/evaluation/response`` (the Model page reads it)."""
 
     path = Path(bundle) / RESPONSE_DIR
-    save_evaluation(path, results, summarise_response(results))
+    save_evaluation(path, results, summarise_response(results.table))
     return path

@@ -118,18 +118,18 @@ def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | 
     def sub_progress(fraction: float, message: str) -> None:
         report(progress, 0.2 + 0.8 * fraction, message)
 
-    table = ridge_perturbation(X, np.searchsorted(gene_set, target_ids), spec, n_boot=n_boot, seed=seed,
-                               gene_labels=[all_labels[g] for g in gene_set], donors=donors, cap=cap,
-                               progress=sub_progress)
+    prediction = ridge_perturbation(X, np.searchsorted(gene_set, target_ids), spec, n_boot=n_boot, seed=seed,
+                                    gene_labels=[all_labels[g] for g in gene_set], donors=donors, cap=cap,
+                                    progress=sub_progress)
     spec.genes = labels
-    warnings = list(table.attrs["warnings"])
+    warnings = list(prediction.warnings)
     type_key = atlas.roles.get("cell_type")
     if cell_type is None and type_key is not None and type_key in atlas.obs.columns:
         n_types = pd.Series(atlas.obs[type_key].to_numpy()[chosen]).nunique()
         if n_types > 1:
             warnings.append(f"The population mixes {n_types} cell types, so differences between cell types drive "
                             "this co-expression baseline: pick one cell type for a sharper prediction.")
-    method = f"{RIDGE_METHOD} (bootstrap over {table.attrs['bootstrap']})"
+    method = f"{RIDGE_METHOD} (bootstrap over {prediction.bootstrap})"
     return PerturbResult(spec=spec, population=describe_population(cell_type, condition), n_cells=int(chosen.size),
-                         table=table, warnings=warnings, method=method, cell_type=cell_type,
-                         condition=condition, subsampled=chosen.size < cells.size)
+                         table=prediction.table, warnings=warnings, method=method, cell_type=cell_type,
+                         condition=condition, subsampled=chosen.size < cells.size, bootstrap=prediction.bootstrap)

@@ -153,6 +153,7 @@ def expressed_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def shift_table(labels: Sequence[str], mean_control: np.ndarray, shift: np.ndarray, low: np.ndarray,
            high: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
+    """The :data:`TABLE_COLUMNS` table of a prediction, sorted by ``|shift|`` descending."""
     is_target = np.zeros(len(labels), dtype=bool)
     is_target[targets] = True
     table = pd.DataFrame({"gene": [str(g) for g in labels], "mean_control": mean_control, "shift": shift,
@@ -162,10 +163,42 @@ def shift_table(labels: Sequence[str], mean_control: np.ndarray, shift: np.ndarr
     return table.iloc[order].reset_index(drop=True)
 
 
+@dataclass
+class ShiftPrediction:
+    """One predictor's mean expression shift of every gene in a population of cells.
+
+    Attributes
+    ----------
+    table
+        :data:`TABLE_COLUMNS` (``gene, mean_control, shift, ci_low, ci_high, mean_perturbed,
+        is_target``), sorted by ``|shift|`` descending.
+    method
+        The predictor (e.g. :data:`RIDGE_METHOD`).
+    spec
+        The perturbation in words, with the genes' labels (:meth:`PerturbationSpec.describe`).
+    n_cells
+        Cells of the population.
+    warnings
+        Plain sentences for the user (e.g. a target no cell expresses).
+    bootstrap
+        What the interval resampled: ``"cells"``, ``"donors"`` or ``"none"``.
+    """
+
+    table: pd.DataFrame
+    method: str
+    spec: str
+    n_cells: int
+    warnings: list[str] = field(default_factory=list)
+    bootstrap: str = "none"
+
+
 # ----------------------------------------------------------------------------- atlas wrapper
 @dataclass
 class PerturbResult:
-    """A predicted perturbation in one population of an atlas."""
+    """A predicted perturbation in one population of an atlas.
+
+    ``bootstrap`` is what the interval resampled (``"cells"``, ``"donors"`` or ``"none"``).
+    """
 
     spec: PerturbationSpec
     population: str
@@ -176,6 +209,7 @@ class PerturbResult:
     cell_type: str | None = None
     condition: str | None = None
     subsampled: bool = False
+    bootstrap: str = "none"
 
 
 def describe_population(cell_type: str | None, condition: str | None) -> str:

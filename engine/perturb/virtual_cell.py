@@ -24,16 +24,17 @@ no-change and ridge baselines on the same cells and genes and where the perturbe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from engine.errors import InputError
-from engine.perturb.spec import PerturbationSpec, clamp_targets, shift_table
+from engine.perturb.spec import PerturbationSpec, ShiftPrediction, clamp_targets, shift_table
 from engine.progress import Progress, report
+from engine.stats import bootstrap_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -68,16 +69,45 @@ def _pairs(n_cells: int, n_masks: int, max_pairs: int | None,
     return cells, np.repeat(np.arange(n_masks), per_draw)
 
 
-def _resample_weights(n: int, n_boot: int, donors: np.ndarray | None,
-                      rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """``(n, n_boot)`` bootstrap multiplicities over donors (whole donors) or cells."""
-    if n_boot <= 0:
-        return np.zeros((n, 0)), "none"
-    if donors is not None:
-        codes, uniques = pd.factorize(np.asarray(donors))
-        draws = rng.integers(0, uniques.size, size=(n_boot, uniques.size))
-        return np.stack([np.bincount(d, minlength=uniques.size) for d in draws], axis=1)[codes], "donors"
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T.astype(np.float64), "cells"
+@dataclass
+class ModelShift(ShiftPrediction):
+    """A masked autoencoder's predicted shift (one model, or a seed ensemble pooled by
+    :func:`~engine.perturb.ensemble.ensemble_shift`).
+
+    The per-row arrays are aligned with ``table``'s rows; the interval half-width of a
+    non-target gene is ``1.96 * sqrt(se_mask² + sd_bootstrap² + sd_seed²)``.
+
+    Attributes
+    ----------
+    silent_targets
+        Targets no cell of the population expresses.
+    n_masks, n_pairs
+        Random mask draws, and (cell, mask) pairs evaluated.
+    device
+        Where the model ran.
+    se_mask
+        Monte Carlo standard error over mask draws.
+    sd_bootstrap
+        Standard deviation over bootstrap resamples (of donors or cells).
+    n_models
+        Models pooled (training seeds); 1 for :func:`model_shift`.
+    sd_seed
+        Standard deviation between the models' shifts; zeros for one model.
+    """
+
+    silent_targets: list[str] = field(default_factory=list)
+    n_masks: int = 0
+    n_pairs: int = 0
+    device: str = "cpu"
+    se_mask: np.ndarray | None = None
+    sd_bootstrap: np.ndarray | None = None
+    n_models: int = 1
+    sd_seed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("se_mask", "sd_bootstrap", "sd_seed"):
+            value = getattr(self, name)
+            setattr(self, name, np.zeros(len(self.table)) if value is None else np.asarray(value, dtype=np.float64))
 
 
 @torch.no_grad()
@@ -86,7 +116,7 @@ def model_shift(model: nn.Module, x: np.ndarray | torch.Tensor, targets: Sequenc
                 cap: np.ndarray | None = None, level: np.ndarray | None = None, n_masks: int = DEFAULT_MASKS,
                 max_pairs: int | None | str = "auto", donors: np.ndarray | None = None, n_boot: int = 50,
                 seed: int = 0, device: str | torch.device | None = None, batch_pairs: int = BATCH_PAIRS,
-                progress: Progress | None = None) -> pd.DataFrame:
+                progress: Progress | None = None) -> ModelShift:
     """Predict a perturbation's mean expression shift with a masked autoencoder.
 
     Parameters
@@ -125,12 +155,10 @@ def model_shift(model: nn.Module, x: np.ndarray | torch.Tensor, targets: Sequenc
 
     Returns
     -------
-    pandas.DataFrame
-        The table of :func:`~engine.perturb.spec.ridge_perturbation` (``gene, mean_control, shift,
-        ci_low, ci_high, mean_perturbed, is_target``, sorted by ``|shift|``); a target's shift
-        is its clamp. ``attrs``: ``method``, ``warnings``, ``silent_targets``, ``bootstrap``,
-        ``n_cells``, ``n_masks``, ``n_pairs``, ``device``, ``se_mask`` and ``sd_bootstrap``
-        (lists, one value per table row).
+    ModelShift
+        Its ``table`` is that of :func:`~engine.perturb.coexpression.ridge_perturbation` (``gene,
+        mean_control, shift, ci_low, ci_high, mean_perturbed, is_target``, sorted by ``|shift|``);
+        a target's shift is its clamp. ``se_mask`` and ``sd_bootstrap`` hold one value per table row.
     """
     if not hasattr(model, "decode") or not hasattr(model, "masker"):
         raise InputError("This model is not a masked autoencoder: the virtual cell needs one "
@@ -195,8 +223,9 @@ def model_shift(model: nn.Module, x: np.ndarray | torch.Tensor, targets: Sequenc
     covered = per_cell > 0
     cell_mean = (cell_sum.cpu().numpy()[covered] / per_cell[covered, None])
     draw_mean = draw_sum.cpu().numpy() / np.bincount(draw_idx, minlength=n_masks)[:, None]
-    weights, bootstrap = _resample_weights(int(covered.sum()), n_boot, None if donors is None
-                                           else np.asarray(donors)[covered], rng)
+    weights = bootstrap_weights(int(covered.sum()), n_boot, rng,
+                                groups=None if donors is None else np.asarray(donors)[covered])
+    bootstrap = "none" if n_boot <= 0 else "cells" if donors is None else "donors"
     columns = np.column_stack([np.full(covered.sum(), 1.0), weights])  # point, then bootstrap draws
     stacked = np.concatenate([(cell_mean.T @ columns / columns.sum(axis=0)), draw_mean.T], axis=1)
     if head is not None:  # apply the linear output layer to averages (its bias cancels)
@@ -215,10 +244,9 @@ def model_shift(model: nn.Module, x: np.ndarray | torch.Tensor, targets: Sequenc
     table = shift_table(kept, mean_control[keep], point[keep], point[keep] - half[keep], point[keep] + half[keep],
                    np.searchsorted(keep, targets))
     row = keep[table["gene"].map({g: i for i, g in enumerate(kept)}).to_numpy()]  # table row -> model gene
-    table.attrs.update(method=MODEL_METHOD, warnings=warnings, silent_targets=silent, bootstrap=bootstrap,
-                       n_cells=int(n), n_masks=n_masks, n_pairs=int(cell_idx.size), device=str(device),
-                       se_mask=se_mask[row].tolist(), sd_bootstrap=sd_boot[row].tolist(),
-                       spec=spec.describe([labels[t] for t in targets]))
-    return table
+    return ModelShift(table=table, method=MODEL_METHOD, spec=spec.describe([labels[t] for t in targets]),
+                      n_cells=int(n), warnings=warnings, bootstrap=bootstrap, silent_targets=silent,
+                      n_masks=n_masks, n_pairs=int(cell_idx.size), device=str(device), se_mask=se_mask[row],
+                      sd_bootstrap=sd_boot[row])
 
 

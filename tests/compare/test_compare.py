@@ -12,7 +12,6 @@ from scipy import stats
 
 import engine.compare.conditions as compare
 from engine.compare.conditions import rank_genes_wilcoxon, volcano_frame
-from engine.stats import benjamini_hochberg
 from engine.bundle.select import select_cells, subsample
 from engine.compare.composition import composition, composition_shift
 from engine.errors import EmptySelectionError, InputError, MissingKeyError
@@ -111,11 +110,12 @@ def _shifted_obs(n_donors: int = 4, seed: int = 0) -> pd.DataFrame:
 
 def test_composition_shift_detects_a_donor_level_change():
     obs = _shifted_obs()
-    table = composition_shift(obs, "A", "B")
+    result = composition_shift(obs, "A", "B")
+    table = result.table
     expected = ["cell_type", "n_cells_a", "n_cells_b", "prop_a", "prop_b", "mean_prop_a", "mean_prop_b",
                 "log2_ratio", "n_donors_a", "n_donors_b", "statistic", "pval", "padj", "note"]
     assert list(table.columns) == expected
-    assert table.attrs["method"] == "welch t-test on per-donor proportions"
+    assert result.method == "welch t-test on per-donor proportions" and (result.a, result.b) == ("A", "B")
     rare = table.set_index("cell_type").loc["rare"]
     assert table["cell_type"].iloc[0] == "rare"  # largest increase first
     assert rare["n_donors_a"] == 4 and rare["n_donors_b"] == 4
@@ -128,10 +128,10 @@ def test_composition_shift_detects_a_donor_level_change():
 def test_composition_shift_says_when_there_are_too_few_donors():
     obs = _shifted_obs()
     one = obs[obs["donor_id"].astype(str).isin(["A0", "B0", "B1"])]
-    table = composition_shift(one, "A", "B")
+    table = composition_shift(one, "A", "B").table
     assert table["pval"].isna().all() and table["padj"].isna().all()
     assert table["note"].str.startswith("Too few donors to test: 1 in 'A' and 2 in 'B'").all()
-    pooled = composition_shift(obs, "A", "B", donor_key=None)
+    pooled = composition_shift(obs, "A", "B", donor_key=None).table
     assert pooled["pval"].isna().all() and pooled["note"].str.contains("No donor column").all()
     with pytest.raises(InputError, match="Both conditions are 'A'"):
         composition_shift(obs, "A", "A")
@@ -142,7 +142,8 @@ def test_composition_shift_says_when_there_are_too_few_donors():
 # ----------------------------------------------------------------------------- Wilcoxon
 def test_wilcoxon_matches_scanpy(lognorm):
     X_a, X_b = _groups(lognorm, "condition", "normal", "disease")
-    de = rank_genes_wilcoxon(X_a, X_b, list(lognorm.var_names))
+    result = rank_genes_wilcoxon(X_a, X_b, list(lognorm.var_names))
+    de = result.table
     adata = lognorm.copy()
     sc.tl.rank_genes_groups(adata, "condition", groups=["disease"], reference="normal",
                             method="wilcoxon", tie_correct=True)
@@ -151,12 +152,13 @@ def test_wilcoxon_matches_scanpy(lognorm):
     np.testing.assert_allclose(ours["score"], ref["scores"], atol=1e-5)
     np.testing.assert_allclose(ours["pval"], ref["pvals"], rtol=1e-4, atol=1e-300)
     np.testing.assert_allclose(ours["padj"], ref["pvals_adj"], rtol=1e-4, atol=1e-300)
-    assert de.attrs["method"] == "wilcoxon (cell-level, exploratory)"
+    assert result.method == "wilcoxon (cell-level, exploratory)"
+    assert (result.n_cells_a, result.n_cells_b) == (X_a.shape[0], X_b.shape[0]) and result.pseudocount == 0.1
 
 
 def test_wilcoxon_table_contents(lognorm):
     X_a, X_b = _groups(lognorm, "condition", "normal", "disease")
-    de = rank_genes_wilcoxon(X_a, X_b, list(lognorm.var_names))
+    de = rank_genes_wilcoxon(X_a, X_b, list(lognorm.var_names)).table
     assert list(de.columns) == ["gene", "log2fc", "mean_a", "mean_b", "pct_a", "pct_b", "score", "pval", "padj"]
     assert len(de) == lognorm.n_vars and np.all(np.diff(de["score"]) <= 0)
     assert set(de["gene"].head(10)) == {f"G{i}" for i in range(10)}  # the planted disease genes
@@ -173,11 +175,11 @@ def test_wilcoxon_table_contents(lognorm):
 def test_wilcoxon_blocks_and_dense_input_agree(lognorm, monkeypatch):
     X_a, X_b = _groups(lognorm, "condition", "normal", "disease")
     labels = list(lognorm.var_names)
-    whole = rank_genes_wilcoxon(X_a, X_b, labels).set_index("gene")
+    whole = rank_genes_wilcoxon(X_a, X_b, labels).table.set_index("gene")
     monkeypatch.setattr(compare, "_BLOCK_NNZ", 500)  # force many small blocks
     seen = []
-    blocked = rank_genes_wilcoxon(X_a, X_b, labels, progress=lambda f, m: seen.append(f)).set_index("gene")
-    dense = rank_genes_wilcoxon(X_a.toarray(), X_b.toarray(), labels).set_index("gene")
+    blocked = rank_genes_wilcoxon(X_a, X_b, labels, progress=lambda f, m: seen.append(f)).table.set_index("gene")
+    dense = rank_genes_wilcoxon(X_a.toarray(), X_b.toarray(), labels).table.set_index("gene")
     for other in (blocked, dense):
         np.testing.assert_allclose(other.loc[whole.index, "score"], whole["score"], rtol=1e-12)
     assert len(seen) > 20 and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
@@ -191,7 +193,7 @@ def test_wilcoxon_matches_scipy_mannwhitneyu(dtype):
     X[70:, 5] += 0.5
     X = X.astype(dtype)
     de = rank_genes_wilcoxon(sp.csr_matrix(X[:70]), sp.csr_matrix(X[70:]), [f"g{i}" for i in range(12)])
-    de = de.set_index("gene")
+    de = de.table.set_index("gene")
     for j in range(12):
         ref = stats.mannwhitneyu(X[70:, j], X[:70, j], use_continuity=False, method="asymptotic")
         assert de.loc[f"g{j}", "pval"] == pytest.approx(ref.pvalue, rel=1e-6)
@@ -203,7 +205,7 @@ def test_wilcoxon_constant_gene_and_errors(lognorm):
     X_a, X_b = X_a.tolil(), X_b.tolil()
     X_a[:, 0] = 0
     X_b[:, 0] = 0
-    de = rank_genes_wilcoxon(X_a.tocsr(), X_b.tocsr(), list(lognorm.var_names)).set_index("gene")
+    de = rank_genes_wilcoxon(X_a.tocsr(), X_b.tocsr(), list(lognorm.var_names)).table.set_index("gene")
     assert de.loc["G0", "score"] == 0 and de.loc["G0", "pval"] == 1 and de.loc["G0", "log2fc"] == 0
     with pytest.raises(EmptySelectionError, match="Group A has no cells"):
         rank_genes_wilcoxon(X_a[:0], X_b, list(lognorm.var_names))
@@ -217,16 +219,12 @@ def test_wilcoxon_constant_gene_and_errors(lognorm):
         rank_genes_wilcoxon(X_a, bad, list(lognorm.var_names))
 
 
-def test_benjamini_hochberg_matches_definition():
-    p = np.array([0.01, 0.04, 0.03, 0.5, 0.02])
-    # sorted: .01 .02 .03 .04 .5 -> *5/rank: .05 .05 .05 .05 .5
-    np.testing.assert_allclose(benjamini_hochberg(p), [0.05, 0.05, 0.05, 0.5, 0.05])
-
-
 def test_volcano_frame_categories():
     de = pd.DataFrame({"gene": list("abcde"), "log2fc": [2.0, -3.0, 0.5, 2.0, 1.0],
                        "padj": [1e-5, 0.0, 1e-9, 0.2, 0.01]})
-    out = volcano_frame(de)
+    volcano = volcano_frame(de)
+    out = volcano.table
+    assert (volcano.lfc_threshold, volcano.padj_threshold) == (1.0, 0.05)
     assert list(out["category"]) == ["up", "down", "n.s.", "n.s.", "up"]
     np.testing.assert_allclose(out["neg_log10_padj"], [5, 300, 9, -np.log10(0.2), 2])
     assert "category" not in de.columns
@@ -239,7 +237,7 @@ def test_volcano_frame_categories():
 def test_covid_critical_vs_healthy_interferon_genes():
     adata = _read_lognorm("covid_pbmc_combat_subset.h5ad")
     X_a, X_b = _groups(adata, "condition", "Healthy", "Covid_Critical")
-    de = rank_genes_wilcoxon(X_a, X_b, list(adata.var_names))
+    de = rank_genes_wilcoxon(X_a, X_b, list(adata.var_names)).table
     de["rank"] = np.arange(len(de))
     genes = de.set_index("gene").loc[["IFI27", "ISG15", "IFI6"]]
     assert (genes["log2fc"] > 0).all() and (genes["padj"] < 0.05).all()
@@ -248,7 +246,7 @@ def test_covid_critical_vs_healthy_interferon_genes():
     assert genes.loc["IFI27", "log2fc"] > 3
     # the earlier, milder disease shows the interferon response at the very top
     X_m = _groups(adata, "condition", "Healthy", "Covid_Mild")[1]
-    mild = rank_genes_wilcoxon(X_a, X_m, list(adata.var_names))
+    mild = rank_genes_wilcoxon(X_a, X_m, list(adata.var_names)).table
     assert {"IFI6", "IFI44L", "MX1", "ISG15", "IFI27"} <= set(mild["gene"].head(50))
 
 
@@ -256,11 +254,11 @@ def test_covid_critical_vs_healthy_interferon_genes():
 def test_kang_stim_vs_ctrl_interferon_genes():
     adata = _read_lognorm("kang_ifnb_1k.h5ad")
     X_a, X_b = _groups(adata, "stim", "CTRL", "STIM")
-    de = rank_genes_wilcoxon(X_a, X_b, list(adata.var_names))
+    de = rank_genes_wilcoxon(X_a, X_b, list(adata.var_names)).table
     genes = de.set_index("gene").loc[["ISG15", "IFIT1", "MX1"]]
     assert (genes["log2fc"] > 3).all() and (genes["padj"] < 1e-50).all()
     assert {"ISG15", "IFIT1", "MX1"} <= set(de["gene"].head(10))
-    volcano = volcano_frame(de)
+    volcano = volcano_frame(de).table
     assert set(volcano.set_index("gene").loc[["ISG15", "IFIT1", "MX1"], "category"]) == {"up"}
 
 
@@ -271,7 +269,7 @@ def test_kang_donors_composition():
     long = composition(obs, **keys)
     assert len(long) == 4 * 5
     np.testing.assert_allclose(long.groupby("donor")["proportion"].sum(), 1.0)
-    table = composition_shift(obs, "ctrl", "stim", **keys)
+    table = composition_shift(obs, "ctrl", "stim", **keys).table
     assert len(table) == 5 and (table["n_donors_a"] == 2).all() and (table["n_donors_b"] == 2).all()
     assert table["pval"].between(0, 1).all() and (table["note"] == "").all()
     assert table["n_cells_a"].sum() == 750 and table["n_cells_b"].sum() == 806
@@ -289,6 +287,7 @@ def test_compare_conditions_methods(small_bundle):
         compare.compare_conditions(atlas, "normal", "disease A", method="pseudobulk")
     result = compare.compare_conditions(atlas, "normal", "disease A", cell_type="CD14+ Monocyte", method="pseudobulk")
     assert result.method == PSEUDOBULK_METHOD and not result.subsampled and result.composition is not None
+    assert result.composition_method == "welch t-test on per-donor proportions" and not result.cached
     assert {"log2fc", "padj", "pct_a", "pct_b"} <= set(result.de.columns)
     assert any(note.startswith("Tested ") for note in result.warnings)
     wilcoxon = compare.compare_conditions(atlas, "normal", "disease A", cell_type="CD14+ Monocyte")

@@ -31,7 +31,7 @@ def test_classical_monocytes_expand_in_every_critical_donor(atlas):
 
 
 def test_interferon_genes_up_in_monocytes_with_donors_as_replicates(atlas):
-    de = contrast_de(atlas, "Healthy", "Covid_Critical", MONOCYTES)
+    de = contrast_de(atlas, "Healthy", "Covid_Critical", MONOCYTES).table
     assert de["n_donors_a"].iloc[0] == 2 and de["n_donors_b"].iloc[0] == 2
     de["rank"] = de["stat"].rank(ascending=False)
     isg = de.set_index("gene").loc[ISGS]
@@ -41,6 +41,6 @@ def test_interferon_genes_up_in_monocytes_with_donors_as_replicates(atlas):
 
 
 def test_monocytes_move_in_the_embedding_more_than_donors_differ(atlas):
-    shift = atlas_embedding_shift(atlas, "Healthy", "Covid_Critical").set_index("cell_type")
+    shift = atlas_embedding_shift(atlas, "Healthy", "Covid_Critical").table.set_index("cell_type")
     assert shift.loc[MONOCYTES, "relative_shift"] > 1.0
     assert shift.loc[MONOCYTES, "min_pval"] == pytest.approx(1 / 3)  # 2 + 2 donors: 6 relabellings, symmetric

@@ -17,6 +17,7 @@ from engine.compare.pseudobulk import (
     COLUMNS,
     PSEUDOBULK_METHOD,
     PseudobulkParams,
+    PseudobulkResult,
     cached_de,
     contrast_de,
     de_contrasts,
@@ -66,21 +67,23 @@ def fake_atlas(path: Path, summaries: Summaries, reference: str | None = None) -
 
 
 @pytest.fixture(scope="module")
-def t_cells() -> pd.DataFrame:
+def t_cells() -> PseudobulkResult:
     return pseudobulk_de(make_summaries(BALANCED), LABELS, "healthy", "sick", "T")
 
 
 def test_pseudobulk_de_finds_the_planted_genes(t_cells):
-    table = t_cells
+    table = t_cells.table
     assert list(table.columns) == COLUMNS
-    assert table.attrs["method"] == PSEUDOBULK_METHOD
+    assert t_cells.method == PSEUDOBULK_METHOD and not t_cells.cached
+    assert (t_cells.a, t_cells.b, t_cells.cell_type, t_cells.params) == ("healthy", "sick", "T", PseudobulkParams())
+    assert t_cells.n_genes == len(LABELS) and t_cells.n_genes_tested == len(table)
     up = table.set_index("gene").loc[[LABELS[g] for g in UP]]
     assert (up["padj"] < 0.01).all() and np.allclose(up["log2fc"], 2.0, atol=0.5)
     assert set(table["gene"].head(3)) == set(up.index)  # sorted by Wald statistic
     assert (table.loc[~table["gene"].isin(up.index), "padj"] < 0.05).sum() <= 1
     assert (table["n_donors_a"] == 4).all() and (table["n_donors_b"] == 4).all()  # the 3-cell donor is dropped
     assert (table["n_cells_a"] == 235).all() and (table["n_cells_b"] == 233).all()
-    notes = " ".join(table.attrs["notes"])
+    notes = " ".join(t_cells.notes)
     assert "Dropped 1 donor sample(s) with fewer than 10 T cells: sick-T-4 (3 cells)" in notes
     assert "genes (expressed in at least 5%" in notes
     assert ((table["mean_b"] > table["mean_a"]) == (table["log2fc"] > 0)).loc[table["padj"] < 0.05].all()
@@ -129,13 +132,31 @@ def test_cache_round_trip(tmp_path, t_cells):
     assert index["params"]["min_cells"] == 10 and index["design"] == "~ condition"
     assert [e["cell_type"] for e in index["contrasts"]] == ["T"] and len(index["skipped"]) == 1
     cached = cached_de(atlas, "healthy", "sick", "T")
-    pd.testing.assert_frame_equal(cached, t_cells)
-    assert cached.attrs["cached"] and cached.attrs["notes"] == t_cells.attrs["notes"]
-    assert contrast_de(atlas, "healthy", "sick", "T").attrs.get("cached")
+    pd.testing.assert_frame_equal(cached.table, t_cells.table)
+    assert cached.cached and cached.notes == t_cells.notes
+    for field in ("method", "a", "b", "cell_type", "params", "n_genes", "n_genes_tested"):
+        assert getattr(cached, field) == getattr(t_cells, field), field
+    assert contrast_de(atlas, "healthy", "sick", "T").cached
     assert cached_de(atlas, "healthy", "sick", "B") is None  # skipped contrasts are not cached
     assert cached_de(atlas, "healthy", "sick", "T", params=PseudobulkParams(min_cells=5)) is None
     atlas.manifest = {"gene_hash": "another gene list"}
     assert cached_de(atlas, "healthy", "sick", "T") is None
+
+
+def test_cache_written_before_typed_results_is_still_read(tmp_path, t_cells):
+    """Earlier engines also wrote the table's fields into each contrast's parquet metadata; index.json rules."""
+    atlas = fake_atlas(tmp_path, make_summaries(BALANCED))
+    precompute_de(atlas, cell_types=["T"])
+    entry = json.loads((tmp_path / "summaries" / "de" / "index.json").read_text())["contrasts"][0]
+    old = t_cells.table.copy()
+    old.attrs.update(method=PSEUDOBULK_METHOD, a="healthy", b="sick", cell_type="T", notes=t_cells.notes,
+                     params={"min_cells": 10, "min_pct": 0.05, "min_count": 10, "min_total_count": 15},
+                     n_genes=t_cells.n_genes, n_genes_tested=t_cells.n_genes_tested)
+    old.to_parquet(tmp_path / "summaries" / "de" / entry["file"])
+    cached = cached_de(atlas, "healthy", "sick", "T")
+    pd.testing.assert_frame_equal(cached.table, t_cells.table)
+    assert cached.cached and cached.notes == t_cells.notes and cached.n_genes_tested == t_cells.n_genes_tested
+    assert cached.table.attrs == {}  # the parquet metadata is not carried along as a side channel
 
 
 def test_precompute_keeps_other_cached_contrasts(tmp_path):
@@ -143,7 +164,7 @@ def test_precompute_keeps_other_cached_contrasts(tmp_path):
     precompute_de(atlas)
     first = cached_de(atlas, "healthy", "sick", "T")
     precompute_de(atlas, cell_types=["B"])  # recomputes B only; T stays cached
-    pd.testing.assert_frame_equal(cached_de(atlas, "healthy", "sick", "T"), first)
+    pd.testing.assert_frame_equal(cached_de(atlas, "healthy", "sick", "T").table, first.table)
     assert cached_de(atlas, "healthy", "sick", "B") is not None
     assert sorted(p.name for p in (tmp_path / "summaries").iterdir()) == ["de"]  # no temporary left behind
     with pytest.raises(InputError, match="Unknown reference condition 'control'"):
@@ -164,7 +185,7 @@ def test_generated_atlas_truth_is_recovered(small_bundle):
     hits = called = true = same_sign = 0
     for row in summary.itertuples():
         expected = truth[(truth["condition"] == row.b) & (truth["cell_type"] == row.cell_type)].set_index("gene")
-        de = cached_de(atlas, row.a, row.b, row.cell_type).set_index("gene")
+        de = cached_de(atlas, row.a, row.b, row.cell_type).table.set_index("gene")
         found = de.index[de["padj"] < 0.05]
         both = found.intersection(expected.index)
         hits, called, true = hits + len(both), called + len(found), true + len(expected)
@@ -179,13 +200,14 @@ def test_kang_monocytes_interferon_genes(kang_donors_bundle):
 
     atlas = read_atlas(kang_donors_bundle)
     assert atlas.reference_condition == "ctrl"
-    de = contrast_de(atlas, "ctrl", "stim", "CD14+ Monocytes")
+    found = contrast_de(atlas, "ctrl", "stim", "CD14+ Monocytes")
+    de = found.table
     genes = de.set_index("gene").loc[["ISG15", "IFIT1", "MX1", "IFI6"]]
     assert (genes["log2fc"] > 2).all() and (genes["padj"] < 0.05).all()
     assert (de["n_donors_a"] == 2).all() and (de["n_donors_b"] == 2).all() and (de["n_cells_a"] == 200).all()
-    assert any("few donors" in note for note in de.attrs["notes"])
+    assert any("few donors" in note for note in found.notes)
     result = compare_conditions(atlas, "ctrl", "stim", cell_type="CD14+ Monocytes", method="pseudobulk")
-    assert result.method == PSEUDOBULK_METHOD and result.warnings == de.attrs["notes"]
+    assert result.method == PSEUDOBULK_METHOD and result.warnings == found.notes
     pd.testing.assert_frame_equal(result.de, de)
     assert main(["de", str(kang_donors_bundle), "--cell-type", "CD14+ Monocytes"]) == 0
-    pd.testing.assert_frame_equal(cached_de(atlas, "ctrl", "stim", "CD14+ Monocytes"), de)
+    pd.testing.assert_frame_equal(cached_de(atlas, "ctrl", "stim", "CD14+ Monocytes").table, de)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import EmptySelectionError, InputError
-from engine.compare.shift import atlas_embedding_shift, embedding_shift
+from engine.compare.shift import METHOD, atlas_embedding_shift, embedding_shift
 
 
 def make_cells(n_donors: int, shift: dict[str, float], cells: int = 40, dim: int = 8, seed: int = 0):
@@ -29,7 +29,9 @@ def make_cells(n_donors: int, shift: dict[str, float], cells: int = 40, dim: int
 
 def test_shifted_cell_type_is_detected_and_exact_null_used():
     embedding, obs = make_cells(4, {"T": 2.0})
-    table = embedding_shift(embedding, obs, "healthy", "disease").set_index("cell_type")
+    result = embedding_shift(embedding, obs, "healthy", "disease")
+    assert (result.a, result.b, result.method, result.embedding) == ("healthy", "disease", METHOD, None)
+    table = result.table.set_index("cell_type")
     t, b = table.loc["T"], table.loc["B"]
     assert t["exact"] and t["min_pval"] == pytest.approx(2 / 70)  # C(8, 4) relabellings, symmetric in 4 vs 4
     assert t["pval"] == pytest.approx(t["min_pval"])  # no relabelling separates the donors more
@@ -41,7 +43,7 @@ def test_shifted_cell_type_is_detected_and_exact_null_used():
 
 def test_many_donors_use_random_permutations():
     embedding, obs = make_cells(10, {"B": 1.5}, cells=15)
-    table = embedding_shift(embedding, obs, "healthy", "disease", n_permutations=200).set_index("cell_type")
+    table = embedding_shift(embedding, obs, "healthy", "disease", n_permutations=200).table.set_index("cell_type")
     assert not table.loc["B", "exact"]
     assert table.loc["B", "pval"] == pytest.approx(1 / 201)
     assert table.loc["T", "pval"] > 0.01
@@ -49,7 +51,7 @@ def test_many_donors_use_random_permutations():
 
 def test_too_few_donors_are_said_plainly():
     embedding, obs = make_cells(1, {"T": 2.0})
-    table = embedding_shift(embedding, obs, "healthy", "disease")
+    table = embedding_shift(embedding, obs, "healthy", "disease").table
     assert table["pval"].isna().all()
     assert table["note"].str.contains("Too few donors").all()
     assert (table["shift"] > 0).all()
@@ -59,7 +61,7 @@ def test_small_donors_are_left_out_for_that_cell_type():
     embedding, obs = make_cells(3, {})
     drop = (obs["cell_type"] == "B") & (obs["disease"] == "disease")
     keep = np.flatnonzero(~drop.to_numpy() | (np.arange(len(obs)) % 40 < 5))  # 5 B cells per disease donor
-    table = embedding_shift(embedding[keep], obs.iloc[keep], "healthy", "disease", min_cells=10)
+    table = embedding_shift(embedding[keep], obs.iloc[keep], "healthy", "disease", min_cells=10).table
     b = table.set_index("cell_type").loc["B"]
     assert b["n_donors_b"] == 0 and np.isnan(b["shift"]) and "No donor" in b["note"]
 
@@ -87,8 +89,9 @@ def test_on_a_generated_bundle(small_bundle):
     conditions = atlas.categories("condition")
     reference = atlas.reference_condition
     other = next(c for c in conditions if c != reference)
-    table = atlas_embedding_shift(atlas, reference, other)
+    result = atlas_embedding_shift(atlas, reference, other)
+    table = result.table
     assert set(table["cell_type"]) <= set(atlas.categories("cell_type"))
     tested = table.dropna(subset=["pval"])
     assert len(tested) > 0 and tested["pval"].between(0, 1).all()
-    assert table.attrs["embedding"] == atlas.default_embedding
+    assert result.embedding == atlas.default_embedding

@@ -180,15 +180,17 @@ def _atlas(path):
 
 
 def test_evaluate_bundle_on_generated_atlas(small_bundle):
-    table = evaluate_bundle(small_bundle, seeds=(0, 1), linear=False, supervised=False)
+    result = evaluate_bundle(small_bundle, seeds=(0, 1), linear=False, supervised=False)
+    table = result.table
+    assert result.metric == "l2" and not any("no donor column" in note for note in result.notes)
     assert set(table.method) == {"X_pca", "pca_reference", "hvg"} and len(table) == 6
     assert table.split.str.startswith("donor split").all()
     assert (table.knn_macro_f1 > 0.5).all()
     atlas = _atlas(small_bundle)
     atlas.manifest["roles"]["donor"] = None
     fallback = evaluate_bundle(atlas, seeds=(0,), linear=False, supervised=False)
-    assert fallback.split.str.startswith("cell split").all()
-    assert any("no donor column" in note for note in fallback.attrs["notes"])
+    assert fallback.table.split.str.startswith("cell split").all()
+    assert any("no donor column" in note for note in fallback.notes)
 
 
 def test_evaluate_bundle_refuses_clusters_and_missing_labels(small_bundle):
@@ -203,7 +205,7 @@ def test_evaluate_bundle_refuses_clusters_and_missing_labels(small_bundle):
 
 
 def test_evaluate_bundle_on_kang(kang_bundle):
-    table = evaluate_bundle(kang_bundle, seeds=(0,), supervised=False)
+    table = evaluate_bundle(kang_bundle, seeds=(0,), supervised=False).table
     assert set(table.method) == {"X_pca", "pca_reference", "hvg"}
     assert table.split.str.startswith("cell split").all()  # this file has no donor column
     assert (table.set_index("method").loc[["X_pca", "pca_reference"], "knn_macro_f1"] > 0.6).all()

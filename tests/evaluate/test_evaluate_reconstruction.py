@@ -89,7 +89,7 @@ def _untrained_copy(checkpoint, out):
 def test_evaluate_bundle_scores_a_trained_mae_against_the_baselines(mae_bundle, tmp_path):
     model = mae_bundle / "model"
     table = evaluate_bundle(mae_bundle, embeddings=("X_pca",), seeds=(0, 1), supervised=False, linear=False,
-                            reconstruct={"mae": model, "untrained": _untrained_copy(model, tmp_path / "untrained")})
+                            reconstruct={"mae": model, "untrained": _untrained_copy(model, tmp_path / "untrained")}).table
     rows = table.set_index(["method", "seed"])
     recon, untrained = rows.loc["mae"], rows.loc["untrained"]
     assert np.isfinite(recon[["recon_mse", "recon_explained_variance"]].to_numpy()).all()

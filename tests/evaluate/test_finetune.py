@@ -65,13 +65,14 @@ def test_evaluate_bundle_adds_supervised_and_fine_tuned_classification(small_bun
     hvg = atlas.var.index[atlas.var["highly_variable"].to_numpy()]
     mae = build_model("mae", len(hvg), **SMALL)
     save_model(tmp_path / "mae", mae, [str(g) for g in hvg])
-    table = evaluate_bundle(atlas, seeds=(0,), supervised=True, epochs=3, linear=False,
-                            finetune={"X_mae": tmp_path / "mae", "broken": tmp_path / "absent"})
+    result = evaluate_bundle(atlas, seeds=(0,), supervised=True, epochs=3, linear=False,
+                             finetune={"X_mae": tmp_path / "mae", "broken": tmp_path / "absent"})
+    table = result.table
     assert set(table.method) == {"X_pca", "pca_reference", "hvg", "supervised", "X_mae"}
     scores = table.set_index("method")["classifier_macro_f1"]
     assert scores[["supervised", "X_mae"]].between(0, 1).all()
     assert scores[["X_pca", "pca_reference", "hvg"]].isna().all()
     assert table.set_index("method").loc["supervised", "knn_macro_f1"] > 0.5
-    assert any(note.startswith("broken: not fine-tuned") for note in table.attrs["notes"])
+    assert any(note.startswith("broken: not fine-tuned") for note in result.notes)
     summary = summarise(table).set_index("method")
     assert summary.loc["hvg", "classifier_macro_f1"] == "" and "±" in summary.loc["supervised", "classifier_macro_f1"]

@@ -74,13 +74,15 @@ def test_write_union_aligns_sources_to_the_target_genes(tmp_path):
     target = ["CD3E", "MS4A1", "LYZ", "NKG7", "ABSENT"]
     one = _adata(["lyz", "CD3E", "OTHER"], n=3)  # columns hold 1, 2, 3 (times value)
     two = _adata(["NKG7", "CD3E"], n=2, value=10)
-    path, report = write_union({"one": one, "two": two}, target, tmp_path / "union.h5ad")
-    union = ad.read_h5ad(path)
+    result = write_union({"one": one, "two": two}, target, tmp_path / "union.h5ad")
+    report = result.report
+    assert result.path == tmp_path / "union.h5ad"
+    union = ad.read_h5ad(result.path)
     assert list(union.var_names) == ["CD3E", "LYZ", "NKG7"]  # target order; genes no source has are dropped
     assert list(union.obs.dataset) == ["one"] * 3 + ["two"] * 2 and union.obs_names[0] == "one:c0"
     assert "cell_type" not in union.obs  # a pretraining corpus carries no labels
     np.testing.assert_array_equal(union.X.toarray(), [[2, 1, 0]] * 3 + [[20, 0, 10]] * 2)
     assert report.set_index("dataset").loc["one"].tolist() == [3, 2, 1]
-    assert report.set_index("dataset").loc["two"].tolist() == [2, 2, 1] and report.attrs["genes_kept"] == 3
+    assert report.set_index("dataset").loc["two"].tolist() == [2, 2, 1] and result.genes_kept == 3
     with pytest.raises(InputError, match="shares a gene"):
         write_union({"one": one}, ["GATA1"], tmp_path / "none.h5ad")

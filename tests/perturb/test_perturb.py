@@ -69,10 +69,13 @@ def test_clamp_targets_per_mode():
 # ----------------------------------------------------------------------------- ridge baseline
 def test_ridge_knockout_recovers_a_linear_network():
     X, labels, truth = linear_network()
-    table = ridge_perturbation(sp.csr_matrix(X), [0], PerturbationSpec(["T"], "ko"), gene_labels=labels,
-                               n_boot=100)
+    result = ridge_perturbation(sp.csr_matrix(X), [0], PerturbationSpec(["T"], "ko"), gene_labels=labels,
+                                n_boot=100)
+    table = result.table
     assert list(table.columns) == TABLE_COLUMNS
-    assert table.attrs["method"] == "ridge co-expression baseline" and table.attrs["bootstrap"] == "cells"
+    assert result.method == "ridge co-expression baseline" and result.bootstrap == "cells"
+    assert result.spec == "knock-out of T" and result.n_cells == X.shape[0]
+    assert [w.split(" moves it")[0] for w in result.warnings] == ["Knocking out T"]  # beyond the fitted spread
     assert np.all(np.diff(table["shift"].abs()) <= 1e-12)
     rows = table.set_index("gene")
     assert rows.loc["T", "is_target"] and rows["is_target"].sum() == 1
@@ -93,20 +96,22 @@ def test_ridge_knockout_recovers_a_linear_network():
 def test_ridge_sparse_and_dense_agree_and_are_reproducible():
     X, labels, _ = linear_network(n=300)
     spec = PerturbationSpec(["T"], "kd", 0.3)
-    dense = ridge_perturbation(X, [0], spec, gene_labels=labels, n_boot=20, seed=3)
-    sparse = ridge_perturbation(sp.csr_matrix(X), [0], spec, gene_labels=labels, n_boot=20, seed=3)
+    dense = ridge_perturbation(X, [0], spec, gene_labels=labels, n_boot=20, seed=3).table
+    sparse = ridge_perturbation(sp.csr_matrix(X), [0], spec, gene_labels=labels, n_boot=20, seed=3).table
     np.testing.assert_allclose(dense[["shift", "ci_low", "ci_high"]], sparse[["shift", "ci_low", "ci_high"]])
     rows = dense.set_index("gene")
     assert rows.loc["A", "shift"] < 0 < rows.loc["B", "shift"]
     # knock-down to 30% moves less than a knock-out
-    ko = ridge_perturbation(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels, n_boot=0).set_index("gene")
+    ko = ridge_perturbation(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels, n_boot=0)
+    assert ko.bootstrap == "none"
+    ko = ko.table.set_index("gene")
     assert abs(rows.loc["A", "shift"]) < abs(ko.loc["A", "shift"])
     assert ko.loc["A", "ci_low"] == ko.loc["A", "shift"] == ko.loc["A", "ci_high"]
 
 
 def test_ridge_overexpression_moves_the_other_way():
     X, labels, _ = linear_network()
-    table = ridge_perturbation(X, [0], PerturbationSpec(["T"], "oe", 2.0), gene_labels=labels, n_boot=10)
+    table = ridge_perturbation(X, [0], PerturbationSpec(["T"], "oe", 2.0), gene_labels=labels, n_boot=10).table
     rows = table.set_index("gene")
     assert rows.loc["T", "shift"] > 0 and rows.loc["A", "shift"] > 0 > rows.loc["B", "shift"]
     assert rows.loc["A", "mean_perturbed"] <= X[:, 1].max() + 1e-9  # bounded to the observed range
@@ -119,7 +124,7 @@ def test_ridge_two_targets():
     X = np.column_stack([t1, t2, 1 + 0.5 * t1 + rng.normal(0, 0.1, n), 2 - 0.5 * t2 + rng.normal(0, 0.1, n),
                          np.abs(rng.normal(1, 0.3, n))])
     table = ridge_perturbation(X, [0, 1], PerturbationSpec(["T1", "T2"], "ko"),
-                               gene_labels=["T1", "T2", "A", "B", "U"], n_boot=20).set_index("gene")
+                               gene_labels=["T1", "T2", "A", "B", "U"], n_boot=20).table.set_index("gene")
     assert table["is_target"].sum() == 2
     assert table.loc["A", "shift"] == pytest.approx(-0.5 * t1.mean(), rel=0.1)
     assert table.loc["B", "shift"] == pytest.approx(0.5 * t2.mean(), rel=0.1)
@@ -128,9 +133,9 @@ def test_ridge_two_targets():
 
 def test_silent_gene_knockout_predicts_nothing_and_warns():
     X, labels, _ = linear_network()
-    table = ridge_perturbation(X, [3], PerturbationSpec(["S"], "ko"), gene_labels=labels, n_boot=10)
-    assert table["shift"].abs().max() == 0.0
-    assert table.attrs["warnings"] == ["S is expressed in 0 of 800 cells: knocking it out changes nothing in this baseline."]
+    result = ridge_perturbation(X, [3], PerturbationSpec(["S"], "ko"), gene_labels=labels, n_boot=10)
+    assert result.table["shift"].abs().max() == 0.0
+    assert result.warnings == ["S is expressed in 0 of 800 cells: knocking it out changes nothing in this baseline."]
     with pytest.raises(InputError, match=r"^S is expressed in 0 of 800 cells: over-expression .* pick a population"):
         ridge_perturbation(X, [3], PerturbationSpec(["S"], "oe"), gene_labels=labels)
 
@@ -140,20 +145,21 @@ def test_rarely_expressed_and_extrapolation_warnings():
     X[:, 3] = 0.0
     X[:4, 3] = 1.0  # 4 of 800 cells
     rare = ridge_perturbation(X, [3], PerturbationSpec(["S"], "kd"), gene_labels=labels, n_boot=0)
-    assert any(w.startswith("S is expressed in only 4 of 800 cells") for w in rare.attrs["warnings"])
-    assert np.isfinite(rare["shift"]).all()
+    assert any(w.startswith("S is expressed in only 4 of 800 cells") for w in rare.warnings)
+    assert np.isfinite(rare.table["shift"]).all()
     X[:, 4] = 5.0 + np.random.default_rng(0).normal(0, 0.1, X.shape[0])  # high, narrow
     far = ridge_perturbation(X, [4], PerturbationSpec([labels[4]], "ko"), gene_labels=labels, n_boot=0)
-    assert any("standard deviations from its mean" in w for w in far.attrs["warnings"])
-    assert (far["mean_perturbed"] >= -1e-12).all()  # never below zero
+    assert any("standard deviations from its mean" in w for w in far.warnings)
+    assert (far.table["mean_perturbed"] >= -1e-12).all()  # never below zero
 
 
 def test_donor_bootstrap_and_gene_bound():
     X, labels, truth = linear_network()
     donors = np.repeat(np.arange(8), 100)
-    table = ridge_perturbation(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels, donors=donors,
-                               n_boot=50, max_genes=5)
-    assert table.attrs["bootstrap"] == "donors"
+    result = ridge_perturbation(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels, donors=donors,
+                                n_boot=50, max_genes=5)
+    assert result.bootstrap == "donors"
+    table = result.table
     assert len(table) == 5 and "T" in set(table["gene"])  # 5 most variable genes include T, A, B
     assert {"A", "B"} <= set(table["gene"])
     a = table.set_index("gene").loc["A"]
@@ -178,8 +184,10 @@ def test_ridge_rejects_bad_input(genes, targets, kwargs, message):
 
 def test_no_change_baseline_moves_only_targets():
     X, labels, _ = linear_network()
-    table = no_change_baseline(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels)
-    assert list(table.columns) == TABLE_COLUMNS and table.attrs["method"] == "no-change baseline"
+    result = no_change_baseline(X, [0], PerturbationSpec(["T"], "ko"), gene_labels=labels)
+    table = result.table
+    assert list(table.columns) == TABLE_COLUMNS and result.method == "no-change baseline"
+    assert result.warnings == [] and result.n_cells == X.shape[0] and result.bootstrap == "none"
     rows = table.set_index("gene")
     assert rows.loc["T", "shift"] == pytest.approx(-X[:, 0].mean())
     assert (rows.drop(index="T")[["shift", "ci_low", "ci_high"]] == 0).all().all()
@@ -191,7 +199,7 @@ def test_ridge_on_counts_adata_runs_with_progress():
     sc.pp.log1p(adata)
     seen = []
     table = ridge_perturbation(adata.X, [0], PerturbationSpec(["G0"], "ko"), gene_labels=list(adata.var_names),
-                               n_boot=20, progress=lambda f, m: seen.append(f))
+                               n_boot=20, progress=lambda f, m: seen.append(f)).table
     assert len(table) == adata.n_vars and np.isfinite(table[["shift", "ci_low", "ci_high"]]).all().all()
     assert (table["ci_low"] <= table["shift"] + 1e-12).all() and (table["shift"] <= table["ci_high"] + 1e-12).all()
     assert seen[-1] == 1.0 and seen == sorted(seen)
@@ -212,11 +220,11 @@ def test_kang_isg15_knockout_in_stimulated_monocytes():
     stim = (adata.obs["stim"] == "STIM").to_numpy()
     population = stim & (adata.obs["seurat_annotations"] == "CD14 Mono").to_numpy()
     table = ridge_perturbation(adata.X[population], [labels.index("ISG15")], PerturbationSpec(["ISG15"], "ko"),
-                               gene_labels=labels, n_boot=30)
+                               gene_labels=labels, n_boot=30).table
     assert np.isfinite(table[["mean_control", "shift", "ci_low", "ci_high"]]).all().all()
     assert table["gene"].iloc[0] == "ISG15" and table["is_target"].iloc[0]
     # interferon-response genes (the 200 most STIM-up genes) dominate the predicted shifts
-    interferon = set(rank_genes_wilcoxon(adata.X[~stim], adata.X[stim], labels)["gene"].head(200))
+    interferon = set(rank_genes_wilcoxon(adata.X[~stim], adata.X[stim], labels).table["gene"].head(200))
     top = table[~table["is_target"]].head(20)
     assert sum(g in interferon for g in top["gene"]) >= 8
     assert {"CXCL10", "MX1"} <= set(top["gene"])

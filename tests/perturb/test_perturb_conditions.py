@@ -1,4 +1,4 @@
-"""Tests of engine.perturb.conditions: the virtual cell across conditions and its baselines."""
+"""Tests of engine.perturb.conditions: the virtual cell across conditions (its baselines: test_perturb_baselines)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from engine.bundle.atlas import Atlas
 from engine.errors import EmptySelectionError, GeneNotFoundError, InputError
-from engine.perturb.baselines import additive_combination, decode_shift, latent_transfer
 from engine.perturb.conditions import (compare_conditions_effect, condition_populations, matched_controls,
                                        permutation_null, prediction_context, reversal_score)
+from vcell_testing import cell_type_in_both
 
 A, B = "CTRL", "STIM"
 
@@ -21,8 +21,7 @@ A, B = "CTRL", "STIM"
 def kang(mae_bundle):
     """The learned Kang bundle, a cell type with >= 20 cells in both conditions, and a gene silent in it."""
     atlas = Atlas(mae_bundle)
-    counts = pd.crosstab(atlas.obs[atlas.roles["cell_type"]], atlas.obs[atlas.roles["condition"]])
-    cell_type = str(next(t for t in counts.index if counts.loc[t, A] >= 20 and counts.loc[t, B] >= 20))
+    cell_type = cell_type_in_both(atlas, A, B)
     ctx = prediction_context(atlas)
     cells_a, cells_b = condition_populations(atlas, cell_type, A, B, None, 0)
     expressed = (ctx.read(atlas, np.r_[cells_a, cells_b])[:, ctx.present] > 0).any(axis=0)
@@ -92,42 +91,6 @@ def test_reversal_score_against_matched_controls(kang):
         assert quiet.score == 0.0 and quiet.pval > 0.5 and any("not expressed" in n for n in quiet.notes)
 
 
-# ----------------------------------------------------------------------------- baselines
-def test_additive_baseline_of_one_gene_is_the_single_prediction(kang):
-    atlas, cell_type, _ = kang
-    for method in ("model", "ridge"):
-        single = additive_combination(atlas, ["ISG15"], "kd", cell_type=cell_type, condition=B, method=method,
-                                      n_masks=4)
-        np.testing.assert_array_equal(single["joint"], single["additive"])
-        assert single["joint"].abs().max() > 0
-    pair = additive_combination(atlas, ["ISG15", "IFIT3"], "ko", cell_type=cell_type, condition=B, n_masks=4)
-    assert set(pair.loc[pair["is_target"], "gene"]) == {"ISG15", "IFIT3"}
-    assert -1 <= pair.attrs["pearson_r"] <= 1 and not pair[["joint", "additive"]].isna().any().any()
-
-
-def test_latent_transfer_recovers_the_interferon_response(kang):
-    atlas, cell_type, _ = kang
-    result = latent_transfer(atlas, cell_type=cell_type, condition_a=A, condition_b=B)
-    assert -1 <= result.r <= 1
-    assert list(result.table.columns) == ["gene", "predicted", "expression_arithmetic", "observed"]
-    # from the cell type's own cells, expression arithmetic is the observed shift itself
-    np.testing.assert_allclose(result.table["expression_arithmetic"], result.table["observed"])
-    assert result.r > 0.15  # about 0.26 for CD14 monocytes with the 2-epoch model
-    np.testing.assert_allclose(np.corrcoef(result.table["predicted"], result.table["observed"])[0, 1], result.r)
-    # a broken latent effect (its coordinates shuffled) loses the response
-    ctx = prediction_context(atlas)
-    cells_a, _ = condition_populations(atlas, cell_type, A, B, 2000, 0)
-    x_a = ctx.read(atlas, cells_a)
-    observed = result.table.set_index("gene").loc[ctx.kept, "observed"].to_numpy()
-    rng = np.random.default_rng(0)
-    shuffled = [np.corrcoef(decode_shift(ctx.model, x_a, ctx.missing, rng.permutation(result.latent_delta))
-                            [ctx.present], observed)[0, 1] for _ in range(5)]
-    assert np.mean(shuffled) < result.r - 0.1
-    others = latent_transfer(atlas, cell_type=cell_type, condition_a=A, condition_b=B, source="others")
-    assert others.r > 0.1  # scGen's leave-one-out: the effect learned on the other cell types transfers
-    assert others.r_arithmetic > 0.5  # the interferon response is shared: other types' mean difference predicts it
-
-
 # ----------------------------------------------------------------------------- bad input
 def test_bad_input(kang):
     atlas, cell_type, _ = kang
@@ -140,12 +103,10 @@ def test_bad_input(kang):
     with pytest.raises(InputError, match="Unknown perturbation method"):
         compare_conditions_effect(atlas, ["ISG15"], "ko", cell_type=cell_type, condition_a=A, condition_b=B,
                                   method="deep")
-    with pytest.raises(InputError, match="latent source"):
-        latent_transfer(atlas, cell_type=cell_type, condition_a=A, condition_b=B, source="all")
     # a cell type absent from (or rare in) one condition, checked before any model is loaded
     obs = pd.DataFrame({"ct": ["T"] * 30 + ["B"] * 25 + ["B"] * 5, "cond": ["h"] * 30 + ["h"] * 25 + ["d"] * 5})
     toy = SimpleNamespace(obs=obs, roles={"cell_type": "ct", "condition": "cond"})
     with pytest.raises(EmptySelectionError, match="No 'T' cells in condition 'd'"):
         compare_conditions_effect(toy, ["X"], "ko", cell_type="T", condition_a="h", condition_b="d")
-    with pytest.raises(InputError, match="Only 5 'B' cells"):
-        latent_transfer(toy, cell_type="B", condition_a="h", condition_b="d")
+    with pytest.raises(InputError, match="Only 5 'B' cells in condition 'd'"):
+        condition_populations(toy, "B", "h", "d", None, 0)

@@ -41,7 +41,8 @@ def kang(mae_bundle):
 def test_leave_one_out_on_interferon_response(kang, tmp_path):
     types = eligible_cell_types(kang, A, B)
     assert "CD14 Mono" in types and len(types) >= 4
-    results = holdout_condition_response(kang, A, B)
+    response = holdout_condition_response(kang, A, B)
+    results = response.table
     assert list(results["method"].unique()) == list(METHODS)
     assert set(results["cell_type"]) == set(types)
     by = results.set_index(["cell_type", "method"])
@@ -51,16 +52,16 @@ def test_leave_one_out_on_interferon_response(kang, tmp_path):
     # the interferon response is shared across PBMC types: the other types' mean response predicts it
     assert summary.loc[ARITHMETIC, "r_top20_mean"] > 0.6 and summary.loc[ARITHMETIC, "rmse_ratio_mean"] < 1.0
     assert summary.loc[LATENT, "r_top20_mean"] > 0.3  # the 2-epoch model carries some of it
-    assert any("optimistic" in note for note in results.attrs["notes"])
-    path = save_response(tmp_path, results)
+    assert any("optimistic" in note for note in response.notes)
+    path = save_response(tmp_path, response)
     stored, notes = load_evaluation(path)
-    assert list(stored["method"]) == list(METHODS) and notes == results.attrs["notes"]
+    assert list(stored["method"]) == list(METHODS) and notes == response.notes
 
 
 def test_retrained_model_never_sees_the_held_out_response(kang, tmp_path):
     fit = holdout_trainer(kang, tmp_path, epochs=1)
     results = holdout_condition_response(kang, A, B, cell_types=["CD14 Mono"], fit_model=fit)
-    assert len(results) == len(METHODS) and any("retrained" in note for note in results.attrs["notes"])
+    assert len(results.table) == len(METHODS) and any("retrained" in note for note in results.notes)
     history = json.loads((tmp_path / "CD14-Mono" / "history.json").read_text())
     held = ((kang.obs[kang.roles["cell_type"]] == "CD14 Mono") & (kang.obs[kang.roles["condition"]] == B)).sum()
     assert history["n_train_cells"] + history["n_val_cells"] == kang.n_cells - held == kang.n_cells - 153

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -11,9 +10,10 @@ from engine.bundle.atlas import Atlas
 from engine.errors import BundleError, GeneNotFoundError, InputError
 from engine.perturb.spec import NO_CHANGE_METHOD, RIDGE_METHOD, TABLE_COLUMNS, PerturbationSpec, clamp_targets
 from engine.perturb.predict import perturb
-from engine.perturb.virtual_cell import MODEL_METHOD, model_shift
+from engine.perturb.virtual_cell import DEFAULT_MASKS, MODEL_METHOD, model_shift
 from engine.perturb.counterfactual import ModelPerturbResult, load_mae, perturb_with_model
 from engine.models.ssl import build_model
+from vcell_testing import by_gene, toy_mae
 
 
 class FixedMask:
@@ -26,16 +26,6 @@ class FixedMask:
         return self.hidden.to(device).reshape(1, -1).expand(n_cells, n_genes).clone()
 
 
-def toy(n: int = 300, g: int = 40, seed: int = 0, **config):
-    """A small untrained masked autoencoder and log-like data; gene 3 is silent in every cell."""
-    torch.manual_seed(seed)
-    model = build_model("mae", g, hidden=[32, 16], latent=8, **config).eval()
-    rng = np.random.default_rng(seed)
-    x = np.log1p(rng.poisson(2.0, (n, g))).astype(np.float32)
-    x[:, 3] = 0.0
-    return model, x, [f"G{i}" for i in range(g)]
-
-
 def naive_shift(model, x, targets, spec, hidden):
     """``mean(reconstruct(perturbed, M) - reconstruct(control, M))`` with the mask M, targets unmasked."""
     xp = x.copy()
@@ -46,58 +36,61 @@ def naive_shift(model, x, targets, spec, hidden):
     return diff.double().mean(0).numpy()
 
 
-def by_gene(table, column="shift"):
-    return dict(zip(table["gene"], table[column]))
-
-
 # ----------------------------------------------------------------------------- the counterfactual
 def test_knockout_of_a_silent_gene_predicts_exactly_nothing():
-    model, x, labels = toy()
-    table = model_shift(model, x, [3], PerturbationSpec(["G3"], "ko"), gene_labels=labels, n_masks=8,
-                        max_pairs=None, n_boot=10, device="cpu")
-    assert list(table.columns) == TABLE_COLUMNS and table.attrs["method"] == MODEL_METHOD
+    model, x, labels = toy_mae()
+    result = model_shift(model, x, [3], PerturbationSpec(["G3"], "ko"), gene_labels=labels, n_masks=8,
+                         max_pairs=None, n_boot=10, device="cpu")
+    table = result.table
+    assert list(table.columns) == TABLE_COLUMNS and result.method == MODEL_METHOD
     # random masks differ between draws; only identical masks for control and perturbed give exactly 0
     assert np.abs(table["shift"]).max() == 0.0
     assert np.abs(table[["ci_low", "ci_high"]].to_numpy()).max() == 0.0
-    assert table.attrs["silent_targets"] == ["G3"] and "0 of 300 cells" in table.attrs["warnings"][0]
+    assert result.silent_targets == ["G3"] and "0 of 300 cells" in result.warnings[0]
+    assert result.spec == "knock-out of G3" and result.n_cells == 300 and result.bootstrap == "cells"
+    assert (result.n_masks, result.n_pairs, result.device, result.n_models) == (8, 8 * 300, "cpu", 1)
+    assert all(len(v) == len(table) for v in (result.se_mask, result.sd_bootstrap, result.sd_seed))
 
 
 @pytest.mark.parametrize("decoder", ["mse", "nb"])
 @pytest.mark.parametrize("mode", ["ko", "oe"])
 def test_shift_equals_the_naive_decoded_difference(decoder, mode):
-    model, x, labels = toy(decoder=decoder)
+    model, x, labels = toy_mae(decoder=decoder)
     hidden = np.zeros(x.shape[1], bool)
     hidden[10:25] = True
     hidden[0] = True  # the target is listed as hidden: it must stay observed
     model.masker = FixedMask(hidden)
     spec = PerturbationSpec(["G0"], mode)
-    table = model_shift(model, x, [0], spec, gene_labels=labels, n_masks=3, max_pairs=None, n_boot=0,
-                        device="cpu", batch_pairs=128)
+    result = model_shift(model, x, [0], spec, gene_labels=labels, n_masks=3, max_pairs=None, n_boot=0,
+                         device="cpu", batch_pairs=128)
+    table = result.table
     expected = naive_shift(model, x, [0], spec, hidden)
     got = by_gene(table)
     others = [i for i in range(x.shape[1]) if i != 0]
     np.testing.assert_allclose([got[f"G{i}"] for i in others], expected[others], atol=2e-5)
     assert np.abs(expected[others]).max() > 1e-3  # the perturbation moves something, so the check can fail
     assert got["G0"] == pytest.approx(float((clamp_targets(x[:, [0]], spec) - x[:, [0]]).mean()))  # its clamp
-    assert max(table.attrs["se_mask"]) < 1e-6  # the same mask in every draw: no Monte Carlo spread
+    assert result.se_mask.max() < 1e-6  # the same mask in every draw: no Monte Carlo spread
+    assert result.bootstrap == "none" and not result.sd_bootstrap.any()
 
 
 def test_intervals_contain_the_shift_and_missing_genes_are_left_out():
-    model, x, labels = toy()
+    model, x, labels = toy_mae()
     missing = np.zeros(x.shape[1], bool)
     missing[30:] = True
-    table = model_shift(model, x, [0, 1], PerturbationSpec(["G0", "G1"], "kd", 0.2), gene_labels=labels,
-                        missing=missing, n_masks=4, max_pairs=400, donors=np.repeat(["a", "b", "c"], 100),
-                        device="cpu")
+    result = model_shift(model, x, [0, 1], PerturbationSpec(["G0", "G1"], "kd", 0.2), gene_labels=labels,
+                         missing=missing, n_masks=4, max_pairs=400, donors=np.repeat(["a", "b", "c"], 100),
+                         device="cpu")
+    table = result.table
     assert len(table) == 30 and not set(table["gene"]) & {f"G{i}" for i in range(30, 40)}
-    assert table.attrs["bootstrap"] == "donors" and table.attrs["n_pairs"] == 400
+    assert result.bootstrap == "donors" and result.n_pairs == 400
     assert (table["ci_low"] <= table["shift"]).all() and (table["shift"] <= table["ci_high"]).all()
     assert (table["ci_high"] - table["ci_low"])[~table["is_target"]].min() > 0
     assert set(table.loc[table["is_target"], "gene"]) == {"G0", "G1"}
 
 
 def test_model_shift_rejects_bad_input():
-    model, x, labels = toy()
+    model, x, labels = toy_mae()
     spec = PerturbationSpec(["G0"], "ko")
     with pytest.raises(InputError, match="no cells"):
         model_shift(model, x[:0], [0], spec)
@@ -126,6 +119,8 @@ def test_full_path_on_a_learned_bundle(kang):
     result = perturb(atlas, ["ISG15"], "kd", cell_type=cell_type, condition=condition, method="model", n_boot=20)
     assert isinstance(result, ModelPerturbResult) and result.method.startswith(MODEL_METHOD)
     assert list(result.table.columns) == TABLE_COLUMNS
+    assert result.n_models == 1 and not result.sd_seed.any() and result.n_masks == DEFAULT_MASKS
+    assert len(result.se_mask) == len(result.sd_bootstrap) == len(result.table) and result.bootstrap == "cells"
     assert set(result.baselines) == {NO_CHANGE_METHOD, RIDGE_METHOD}
     for baseline in result.baselines.values():
         assert set(baseline["gene"]) == set(result.table["gene"])
@@ -172,50 +167,7 @@ def test_bad_input_on_bundles(kang, small_bundle):
         perturb_with_model(Atlas(small_bundle), ["CD14"], "ko")
 
 
-# ----------------------------------------------------------------------------- model-seed ensembles
-def _half(table):
-    return ((table["ci_high"] - table["ci_low"]) / 2).set_axis(table["gene"])
-
-
-def test_ensemble_of_one_model_is_model_shift():
-    from engine.perturb.ensemble import ensemble_shift
-
-    model, x, labels = toy()
-    kwargs = dict(gene_labels=labels, n_masks=4, max_pairs=None, n_boot=10, seed=3, device="cpu")
-    spec = PerturbationSpec(["G0"], "kd", 0.3)
-    single = model_shift(model, x, [0], spec, **kwargs)
-    pooled = ensemble_shift([model], x, [0], spec, **kwargs)
-    pd.testing.assert_frame_equal(pooled, single, check_exact=True)
-    assert {k: pooled.attrs[k] for k in single.attrs} == single.attrs
-    assert pooled.attrs["n_models"] == 1 and pooled.attrs["sd_seed"] == [0.0] * len(single)
-
-
-def test_ensemble_of_two_models_pools_points_and_widens_intervals():
-    from engine.perturb.virtual_cell import Z_95
-    from engine.perturb.ensemble import ensemble_shift
-
-    (first, x, labels), (second, _, _) = toy(seed=0), toy(seed=1)  # same data, differently initialised models
-    kwargs = dict(gene_labels=labels, n_masks=4, max_pairs=None, n_boot=10, device="cpu")
-    spec = PerturbationSpec(["G0"], "oe")
-    own = [model_shift(m, x, [0], spec, **kwargs) for m in (first, second)]
-    pooled = ensemble_shift([first, second], x, [0], spec, **kwargs)
-    assert list(pooled.columns) == TABLE_COLUMNS and len(pooled) == len(own[0])
-    assert pooled.attrs["n_models"] == 2
-    shifts = [by_gene(t) for t in own]
-    for gene, shift in by_gene(pooled).items():
-        assert shift == pytest.approx((shifts[0][gene] + shifts[1][gene]) / 2, abs=1e-12), gene
-    others = ~pooled.set_index("gene")["is_target"]
-    half = _half(pooled)[others]
-    for table in own:
-        assert (half >= _half(table).reindex(half.index) - 1e-12).all()
-    sd_seed = pd.Series(pooled.attrs["sd_seed"], index=pooled["gene"])
-    assert sd_seed[others].min() > 0 and sd_seed["G0"] == 0.0 and half.min() > 0
-    # the documented formula, with the attrs aligned to the rows
-    se, sd = (pd.Series(pooled.attrs[k], index=pooled["gene"]) for k in ("se_mask", "sd_bootstrap"))
-    np.testing.assert_allclose(half, Z_95 * np.sqrt(se**2 + sd**2 + sd_seed**2)[others], rtol=1e-9)
-    assert by_gene(pooled, "ci_low")["G0"] == by_gene(pooled, "ci_high")["G0"] == by_gene(own[0])["G0"]
-
-
+# ----------------------------------------------------------------------------- model seeds
 def test_build_with_model_seeds_gives_an_ensemble(shared_data, tmp_path):
     import json
 
@@ -235,8 +187,8 @@ def test_build_with_model_seeds_gives_an_ensemble(shared_data, tmp_path):
     assert len(models) == 2 and models[0][1] == models[1][1]
     cell_type = atlas.obs[atlas.roles["cell_type"]].value_counts().index[0]
     result = perturb_with_model(atlas, ["ISG15"], "kd", cell_type=str(cell_type), n_boot=5, n_masks=4)
-    assert result.table.attrs["n_models"] == 2 and "2 model seeds" in result.method
-    assert max(result.table.attrs["sd_seed"]) > 0
+    assert result.n_models == 2 and "2 model seeds" in result.method
+    assert result.sd_seed.max() > 0 and len(result.sd_seed) == len(result.table)
 
 
 @pytest.mark.parametrize("model", ["byol", None])
