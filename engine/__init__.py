@@ -25,6 +25,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     # read and generate
     "read_source": ("engine.data.read", "read_source"),
     "census_query": ("engine.data.soma", "census_query"),
+    "write_census": ("engine.data.soma", "write_census"),
     "generate_atlas": ("engine.data.synth.generate", "generate_atlas"),
     # build a bundle, train and apply models
     "BuildOptions": ("engine.build.prepare", "BuildOptions"),

@@ -13,9 +13,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -89,6 +92,20 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    """Write ``table`` as CSV without its index, atomically.
+
+    Parameters
+    ----------
+    path
+        The CSV file (replaced if it exists).
+    table
+        The table to write.
+    """
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def _json_default(obj: Any) -> Any:

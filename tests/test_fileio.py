@@ -1,8 +1,9 @@
 """Atomic writes leave nothing half-written behind."""
 
+import pandas as pd
 import pytest
 
-from engine.fileio import atomic_dir, write_json
+from engine.fileio import atomic_dir, write_csv, write_json
 
 
 def test_failed_build_leaves_no_directory(tmp_path):
@@ -43,3 +44,13 @@ def test_written_files_follow_the_umask(tmp_path):
         write_json(tmp / "m.json", {})
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "b" / "m.json").stat().st_mode) == 0o644
+
+
+def test_write_csv_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "table.csv"
+    write_csv(path, pd.DataFrame({"gene": ["A", "B"], "shift": [0.5, -1.0]}))
+    write_csv(path, pd.DataFrame({"gene": ["C"], "shift": [2.0]}, index=[7]))
+    assert path.read_text() == "gene,shift\nC,2.0\n"  # no index column, nothing of the first table
+    with pytest.raises(AttributeError):
+        write_csv(path, None)
+    assert path.read_text() == "gene,shift\nC,2.0\n" and [p.name for p in tmp_path.iterdir()] == ["table.csv"]

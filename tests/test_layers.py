@@ -38,10 +38,6 @@ MAX_LINES = 450
 # {(importing module, imported module): why}. Keep it empty unless there is no other way.
 ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
-# Until the CLI split lands (issue 12: engine/cli/__init__.py is being split into one module per
-# command group), its length and its function-level imports are tolerated. Remove after merging.
-PENDING_CLI_SPLIT = "engine.cli"
-
 
 @dataclass(frozen=True)
 class Import:
@@ -266,18 +262,9 @@ def test_imports_run_downward():
 
 def test_engine_modules_are_imported_at_module_level():
     bad = [f"{imp.where()}: {imp.source} imports {imp.target} inside a function" for imp in ENGINE_IMPORTS
-           if imp.in_function and (imp.source, _resolve(imp.target)) not in ALLOWED_FUNCTION_IMPORTS
-           and imp.source != PENDING_CLI_SPLIT]  # until the CLI split lands
+           if imp.in_function and (imp.source, _resolve(imp.target)) not in ALLOWED_FUNCTION_IMPORTS]
     assert not bad, ("Engine imports belong at module level (a function-level import is only for an optional "
                      "heavy third-party dependency):\n" + "\n".join(bad))
-
-
-def test_the_cli_exception_is_still_needed():
-    """The CLI's pending split is the one tolerated breach; once it is gone, drop the exception."""
-    in_functions = [imp for imp in ENGINE_IMPORTS if imp.in_function and imp.source == PENDING_CLI_SPLIT]
-    too_long = len(MODULES[PENDING_CLI_SPLIT].read_text().splitlines()) > MAX_LINES
-    assert in_functions or too_long, ("engine/cli/__init__.py is split: remove PENDING_CLI_SPLIT and its two uses "
-                                      "from tests/test_layers.py.")
 
 
 @pytest.mark.parametrize("folder", ["engine", "app"])
@@ -285,7 +272,7 @@ def test_no_module_is_over_450_lines(folder):
     long = []
     for path in sorted((ROOT / folder).rglob("*.py")):
         n = len(path.read_text().splitlines())
-        if n > MAX_LINES and _module_name(path) != PENDING_CLI_SPLIT:  # until the CLI split lands
+        if n > MAX_LINES:
             long.append(f"{path.relative_to(ROOT)}: {n} lines")
     assert not long, f"Modules over {MAX_LINES} lines (split them by concept):\n" + "\n".join(long)
 

@@ -10,17 +10,23 @@ import streamlit as st
 
 from app.components import current_atlas, download_csv, gene_options, guard, page_header, progress_bar, remembered
 from app.maps import Overlay, map_figure, show_map
-from app.perturb_figures import additive_figure, arrows_figure, conditions_figure, reversal_figure, shift_figure, \
-    versus_figure
+from app.perturb_figures import (
+    additive_figure,
+    arrows_figure,
+    conditions_figure,
+    reversal_figure,
+    shift_figure,
+    versus_figure,
+)
 from engine.bundle.atlas import Atlas
 from engine.bundle.select import select_cells
 from engine.errors import InputError
 from engine.fileio import safe_name
-from engine.perturb.spec import DEFAULT_STRENGTH, MAX_GENES, PerturbResult
-from engine.perturb.predict import perturb
 from engine.perturb.baselines import LatentTransferResult, additive_combination, latent_transfer
 from engine.perturb.conditions import ConditionEffectResult, ReversalResult, compare_conditions_effect, reversal_score
-from engine.perturb.counterfactual import ModelPerturbResult
+from engine.perturb.counterfactual import ModelPerturbResult, has_virtual_cell
+from engine.perturb.predict import available_methods, perturb
+from engine.perturb.spec import DEFAULT_STRENGTH, MAX_GENES, PerturbResult
 
 MODES = {"ko": "Knock out", "kd": "Knock down", "oe": "Over-express"}
 PREDICTORS = {"model": "Virtual cell (masked autoencoder), with baselines", "ridge": "Ridge co-expression baseline"}
@@ -33,14 +39,9 @@ COLUMN_LABELS = {"mean_control": "control mean", "shift": "predicted shift", "ci
                  "ci_high": "95% high", "mean_perturbed": "perturbed mean"}
 
 
-def has_virtual_cell(atlas: Atlas) -> bool:
-    """True when the bundle's model is a masked autoencoder (the virtual cell)."""
-    return atlas.manifest.get("model", {}).get("name") in ("mae", "gp-mae")
-
-
 def controls(atlas: Atlas) -> dict:
     """Genes, mode, strength, population and predictor; returns them as ``perturb`` keyword arguments."""
-    choices = list(PREDICTORS) if has_virtual_cell(atlas) else ["ridge"]
+    choices = available_methods(atlas)
     method = st.radio("Predictor", choices, format_func=PREDICTORS.get, key=f"perturb_method_{len(choices)}")
     genes = st.multiselect("Genes to perturb", gene_options(atlas), accept_new_options=True,
                            max_selections=MAX_GENES, placeholder="Type gene symbols, e.g. STAT1",

@@ -2,8 +2,9 @@
 
 :func:`read_soma` reads (part of) an experiment, local or on object storage (``s3://``,
 ``tiledb://``); :func:`census_query` reads the primary cells of the CELLxGENE census matching
-a tissue, disease or cell type. Both give obs and var meaningful names and record where the
-cells came from in ``uns["vcell_source"]``. :func:`engine.data.read.read_source` dispatches here.
+a tissue, disease or cell type, and :func:`write_census` saves such a slice as ``.h5ad`` (the input
+of ``vcell build``). Both readers give obs and var meaningful names and record where the cells came
+from in ``uns["vcell_source"]``. :func:`engine.data.read.read_source` dispatches here.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import pandas as pd
 
 from engine.data.object_store import is_object_store, open_error, soma_context
 from engine.errors import InputError, suggest
+from engine.fileio import atomic_path
 
-__all__ = ["SUPPORTED", "LAYER_PREFERENCE", "read_soma", "census_query", "soma_type", "first_line"]
+__all__ = ["SUPPORTED", "LAYER_PREFERENCE", "read_soma", "census_query", "write_census", "soma_type", "first_line"]
 
 SUPPORTED = ("an .h5ad file, an AnnData .zarr store, a TileDB-SOMA experiment (directory or URI) "
              "or a `vcell generate` output directory")
@@ -193,6 +195,52 @@ def census_query(
         "kind": "census", "where": where, "organism": name, "value_filter": value_filter,
         "n_matching": n_matching, "n_read": int(adata.n_obs), "seed": int(seed), **build,
     }
+    return adata
+
+
+def write_census(
+    out: str | os.PathLike,
+    *,
+    organism: str = "homo_sapiens",
+    tissue: str | None = None,
+    disease: str | None = None,
+    cell_type: str | None = None,
+    max_cells: int | None = None,
+    census_version: str = "stable",
+    uri: str | None = None,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Query the census (:func:`census_query`) and write the slice to ``out`` as ``.h5ad``, atomically.
+
+    Parameters
+    ----------
+    out
+        The ``.h5ad`` file to write (replaced if it exists; nothing is left behind on failure).
+    organism, tissue, disease, cell_type, max_cells, census_version, uri, seed
+        The query, as in :func:`census_query`.
+
+    Returns
+    -------
+    anndata.AnnData
+        The slice written. Its ``uns["vcell_source"]`` (the query record) is not in the file:
+        it may hold values HDF5 cannot store.
+
+    Raises
+    ------
+    InputError
+        ``out`` does not end in ``.h5ad``, or the query fails (see :func:`census_query`).
+    """
+    out = Path(out)
+    if out.suffix != ".h5ad":
+        raise InputError(f"The census slice is written as .h5ad: give an output file ending in .h5ad "
+                         f"(got {out.name}).")
+    adata = census_query(organism=organism, tissue=tissue, disease=disease, cell_type=cell_type,
+                         max_cells=max_cells, census_version=census_version, uri=uri, seed=seed)
+    source = adata.uns.pop("vcell_source", None)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    if source is not None:
+        adata.uns["vcell_source"] = source
     return adata
 
 

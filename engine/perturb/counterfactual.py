@@ -72,10 +72,26 @@ def _load_checked(path: Path) -> tuple[nn.Module, list[str]]:
     return model, genes
 
 
+def has_virtual_cell(atlas: Atlas) -> bool:
+    """Whether the bundle's embedding model is a masked autoencoder, the model of the virtual cell.
+
+    Parameters
+    ----------
+    atlas
+        The bundle.
+
+    Returns
+    -------
+    bool
+        ``True`` for a bundle built with ``--model mae`` or ``gp-mae``.
+    """
+    return atlas.manifest.get("model", {}).get("name") in ("mae", "gp-mae")
+
+
 def load_mae(atlas: Atlas) -> tuple[nn.Module, list[str]]:
     """The bundle's masked autoencoder and its genes, or a :class:`~engine.errors.BundleError` saying how to get one."""
-    method = atlas.manifest.get("model", {}).get("name")
-    if method not in ("mae", "gp-mae"):
+    if not has_virtual_cell(atlas):
+        method = atlas.manifest.get("model", {}).get("name")
         raise BundleError(f"This bundle's embedding model is {method or 'none'}, not a masked autoencoder: the "
                           "virtual cell needs one (build with `vcell build INPUT --model mae`).")
     return _load_checked(atlas.path / "model")

@@ -1,4 +1,6 @@
-"""The virtual cell on an atlas: one entry point that picks the predictor (:func:`perturb`)."""
+"""The virtual cell on an atlas: one entry point that picks the predictor (:func:`perturb`), and which
+predictors a bundle offers (:func:`available_methods`, :func:`default_method`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from engine.bundle.atlas import Atlas
 from engine.bundle.select import select_cells, subsample
 from engine.errors import InputError
 from engine.perturb.coexpression import ridge_perturbation
-from engine.perturb.counterfactual import perturb_with_model
+from engine.perturb.counterfactual import has_virtual_cell, perturb_with_model
 from engine.perturb.spec import (
     MIN_DONORS_FOR_BOOTSTRAP,
     RIDGE_METHOD,
@@ -21,6 +23,39 @@ from engine.perturb.spec import (
     expressed_stats,
 )
 from engine.progress import Progress, report
+
+
+def available_methods(atlas: Atlas) -> list[str]:
+    """The predictors :func:`perturb` can use on ``atlas``, the default first.
+
+    Parameters
+    ----------
+    atlas
+        The bundle.
+
+    Returns
+    -------
+    list of str
+        ``["model", "ridge"]`` when the bundle's model is a masked autoencoder (the virtual cell,
+        with its baselines), else ``["ridge"]`` (the co-expression baseline).
+    """
+    return ["model", "ridge"] if has_virtual_cell(atlas) else ["ridge"]
+
+
+def default_method(atlas: Atlas) -> str:
+    """The predictor to use on ``atlas`` when none is chosen.
+
+    Parameters
+    ----------
+    atlas
+        The bundle.
+
+    Returns
+    -------
+    str
+        ``"model"`` when the bundle has a masked autoencoder, else ``"ridge"``.
+    """
+    return available_methods(atlas)[0]
 
 
 def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | None = None,

@@ -18,7 +18,7 @@ import tiledbsoma.io as soma_io
 from vcell_testing import make_counts_adata
 
 from engine.data.read import _should_back, available_memory, read_source
-from engine.data.soma import census_query, read_soma
+from engine.data.soma import census_query, read_soma, write_census
 from engine.errors import InputError
 
 # ---------------------------------------------------------------- fixtures
@@ -326,6 +326,22 @@ def test_zarr_store_and_file_uri(tmp_path, small, h5ad_file):
 def test_census_query_rejects_nonpositive_max_cells(census_root):
     with pytest.raises(InputError, match="max_cells is 0: give a positive number"):
         census_query(uri=str(census_root), max_cells=0)
+
+
+def test_write_census_writes_the_slice_atomically(census_root, tmp_path):
+    out = tmp_path / "lung.h5ad"
+    adata = write_census(out, uri=str(census_root), tissue="lung", max_cells=20, seed=1)
+    written = ad.read_h5ad(out)
+    assert written.shape == adata.shape == (20, CENSUS_GENES)
+    assert list(written.obs_names) == list(adata.obs_names)
+    assert set(written.obs["tissue_general"]) == {"lung"} and written.obs["is_primary_data"].all()
+    np.testing.assert_array_equal(written.X[:, 0].toarray().ravel(), written.obs_names.astype(int).to_numpy() + 1)
+    assert "vcell_source" not in written.uns and adata.uns["vcell_source"]["n_read"] == 20
+    with pytest.raises(InputError, match="ending in .h5ad"):
+        write_census(tmp_path / "lung.csv", uri=str(census_root))
+    with pytest.raises(InputError, match="No primary census cells"):
+        write_census(tmp_path / "none.h5ad", uri=str(census_root), tissue="bloood")
+    assert [p.name for p in tmp_path.iterdir()] == ["lung.h5ad"]  # nothing half-written
 
 
 def test_vcell_census_writes_a_slice_that_builds(census_root, tmp_path, capsys):

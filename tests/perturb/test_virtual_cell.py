@@ -9,9 +9,9 @@ import torch
 from engine.bundle.atlas import Atlas
 from engine.errors import BundleError, GeneNotFoundError, InputError
 from engine.perturb.spec import NO_CHANGE_METHOD, RIDGE_METHOD, TABLE_COLUMNS, PerturbationSpec, clamp_targets
-from engine.perturb.predict import perturb
+from engine.perturb.predict import available_methods, default_method, perturb
 from engine.perturb.virtual_cell import DEFAULT_MASKS, MODEL_METHOD, model_shift
-from engine.perturb.counterfactual import ModelPerturbResult, load_mae, perturb_with_model
+from engine.perturb.counterfactual import ModelPerturbResult, has_virtual_cell, load_mae, perturb_with_model
 from engine.models.ssl import build_model
 from vcell_testing import by_gene, toy_mae
 
@@ -165,6 +165,14 @@ def test_bad_input_on_bundles(kang, small_bundle):
         perturb(atlas, ["ISG15"], "ko", method="deep")
     with pytest.raises(BundleError, match="--model mae"):
         perturb_with_model(Atlas(small_bundle), ["CD14"], "ko")
+
+
+def test_the_predictor_follows_the_bundle_model(kang, small_bundle):
+    atlas, _, _ = kang
+    assert has_virtual_cell(atlas) and available_methods(atlas) == ["model", "ridge"]
+    assert default_method(atlas) == "model"
+    plain = Atlas(small_bundle)
+    assert not has_virtual_cell(plain) and available_methods(plain) == ["ridge"] and default_method(plain) == "ridge"
 
 
 # ----------------------------------------------------------------------------- model seeds
