@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from engine.data.gene_match import GeneMatcher
 from engine.errors import BundleError, InputError
 from engine.evaluate.finetune import classifier_source
 from engine.evaluate.reconstruction import reconstruction_source
@@ -48,7 +49,7 @@ def write_union(sources: Mapping[str, ad.AnnData | str | os.PathLike], genes: Se
     sources
         ``{name: AnnData or .h5ad path}``, raw counts in ``X``; ``var_names`` are gene symbols or IDs.
     genes
-        The target's genes, in its order (matching ignores case; the first of duplicate names wins).
+        The target's genes, in its order (matched by :class:`~engine.data.gene_match.GeneMatcher`: symbol or Ensembl ID, any case; the first of duplicate names wins).
     out
         ``.h5ad`` file to write (atomically).
 
@@ -67,16 +68,14 @@ def write_union(sources: Mapping[str, ad.AnnData | str | os.PathLike], genes: Se
     if not sources:
         raise InputError("write_union needs at least one source data set.")
     genes = [str(g) for g in genes]
-    wanted = {}
-    for position, gene in enumerate(genes):
-        wanted.setdefault(gene.upper(), position)
     blocks, rows, found = [], [], {}
     for name, source in sources.items():
         adata = source if isinstance(source, ad.AnnData) else ad.read_h5ad(source)
-        columns = {}
-        for column, gene in enumerate(map(str, adata.var_names)):
-            if gene.upper() in wanted:
-                columns.setdefault(wanted[gene.upper()], column)
+        columns, taken = {}, set()
+        for position, column in enumerate(GeneMatcher(list(map(str, adata.var_names))).positions(genes)):
+            if column >= 0 and column not in taken:  # the first of duplicate target names wins
+                columns[position] = int(column)
+                taken.add(int(column))
         found[name] = columns
         rows.append(adata.n_obs)
         blocks.append(adata)

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from engine.data.genes import strip_version
+from engine.data.gene_match import GeneMatcher
 from engine.errors import InputError
 
 
@@ -162,7 +162,8 @@ def read_gene_sets(path: str | os.PathLike, genes: Sequence[str], min_size: int 
 
     Formats: GMT (``name<TAB>description<TAB>gene<TAB>gene...`` per line, as MSigDB ships) or a
     two-column TSV/CSV (``set, gene`` per line; a header line is skipped when its second field
-    matches no gene). Genes match by symbol or Ensembl ID, case-insensitively, ID versions ignored.
+    matches no gene). Genes match by symbol or Ensembl ID (:class:`~engine.data.gene_match.GeneMatcher`: case-insensitive,
+    ID versions ignored, symbols and IDs paired by the shipped GENCODE tables).
 
     Parameters
     ----------
@@ -181,9 +182,7 @@ def read_gene_sets(path: str | os.PathLike, genes: Sequence[str], min_size: int 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"The gene-set file {path} does not exist.")
-    lookup: dict[str, int] = {}
-    for i, g in enumerate(genes):
-        lookup.setdefault(strip_version(str(g)).upper(), i)
+    matcher = GeneMatcher(list(genes))
     lines = [ln.rstrip("\n\r") for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     sep = "\t" if any("\t" in ln for ln in lines[:5]) else ","
     rows = [[f.strip() for f in ln.split(sep)] for ln in lines]
@@ -193,8 +192,8 @@ def read_gene_sets(path: str | os.PathLike, genes: Sequence[str], min_size: int 
         members = r[2:] if is_gmt else r[1:2]
         if not r[0] or not members:
             continue
-        hits = [lookup.get(strip_version(m).upper()) for m in members if m]
-        sets.setdefault(r[0], []).extend(h for h in hits if h is not None)
+        hits = matcher.positions([m for m in members if m])
+        sets.setdefault(r[0], []).extend(int(h) for h in hits if h >= 0)
     programmes = [np.unique(np.asarray(v, dtype=np.int64)) for v in sets.values()]
     programmes = [p for p in programmes if len(p) >= min_size]
     if not programmes:

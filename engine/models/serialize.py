@@ -26,8 +26,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from engine.data.gencode import complete_gene_table
-from engine.data.genes import gene_table, is_ensembl, strip_version
+from engine.data.gene_match import GeneMatcher
 from engine.errors import BundleError, InputError
 from engine.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.models.ssl import METHODS, build_model, config_keys
@@ -114,33 +113,6 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
     return model.eval(), list(ckpt.genes)
 
 
-def _key(name: Any) -> str | None:
-    """Matching key of a gene name: upper case, Ensembl version stripped; ``None`` when missing or blank."""
-    if name is None or name is pd.NA or (isinstance(name, float) and np.isnan(name)):
-        return None
-    text = str(name).strip()
-    return (strip_version(text) if is_ensembl(text) else text).upper() or None
-
-
-def _key_levels(genes: pd.DataFrame | Sequence[Any]) -> list[list[str | None]]:
-    """Matching keys of genes, one list per level, in order of precedence.
-
-    The levels are the genes' own Ensembl IDs, their own symbols and their row names (for a list of names:
-    the names), then, where a gene lacks its own, the ID and symbol the shipped GENCODE table gives it
-    (:func:`engine.data.gencode.complete_gene_table`).
-    """
-    if not isinstance(genes, pd.DataFrame):
-        genes = gene_table(pd.DataFrame(index=pd.Index([str(g) if _key(g) else "" for g in genes], dtype=object)))
-    completed = complete_gene_table(genes)
-    levels = []
-    for column in ("gene_id", "gene_symbol"):
-        levels.append([_key(n) for n in genes[column]] if column in genes.columns else [None] * len(genes))
-    levels.append([_key(str(n)) for n in genes.index])
-    for own, column in zip(levels[:2], ("gene_id", "gene_symbol")):
-        levels.append([None if key else _key(name) for key, name in zip(own, completed[column])])
-    return levels
-
-
 def align_genes(model_genes: Sequence[str] | pd.DataFrame, atlas_genes: pd.DataFrame | Sequence[str],
                 min_overlap: float = 0.5) -> tuple[np.ndarray, float]:
     """Atlas column of each model gene, matched by Ensembl ID (version ignored) or symbol.
@@ -169,18 +141,11 @@ def align_genes(model_genes: Sequence[str] | pd.DataFrame, atlas_genes: pd.DataF
 
     Notes
     -----
-    Each model gene is looked up by its Ensembl ID, then its symbol, then its name; the atlas's
-    IDs outrank its symbols, which outrank its names. Symbols and Ensembl IDs also pair up through
-    the shipped GENCODE tables (:func:`engine.data.gencode.complete_gene_table`), after the genes'
-    own names: a model named by symbols applies to an atlas named by IDs and the other way round.
+    Matching is :class:`engine.data.gene_match.GeneMatcher`'s: by Ensembl ID, then symbol, then name,
+    with the shipped GENCODE tables pairing IDs and symbols, so a model named by symbols applies to an
+    atlas named by IDs and the other way round.
     """
-    lookup: dict[str, int] = {}
-    for level in _key_levels(atlas_genes):
-        for position, key in enumerate(level):
-            if key:
-                lookup.setdefault(key, position)
-    keys = zip(*_key_levels(model_genes))
-    positions = np.array([next((lookup[k] for k in gene if k in lookup), -1) for gene in keys], dtype=np.int64)
+    positions = GeneMatcher(atlas_genes).positions(model_genes)
     n_model = len(positions)
     found = int((positions >= 0).sum())
     overlap = found / n_model if n_model else 0.0
