@@ -100,7 +100,7 @@ def sidebar_header(atlas: Atlas) -> None:
             st.badge("Generated data", icon=":material/science:", color="orange",
                      help="Synthetic cells from `vcell generate`, not measurements.")
         st.caption(f"{atlas.n_cells:,} cells · {atlas.n_genes:,} genes · "
-                   f"embedding {atlas.manifest['embedding']['default']}")
+                   f"embedding {atlas.default_embedding}")
 
 
 def page_header(atlas: Atlas, title: str, description: str) -> None:

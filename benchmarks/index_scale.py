@@ -119,7 +119,7 @@ def main() -> None:
 
         atlas = read_atlas(args.bundle)
         x = np.asarray(atlas.embedding(), dtype=np.float32)
-        source = f"{args.bundle} ({atlas.manifest['embedding']['default']})"
+        source = f"{args.bundle} ({atlas.default_embedding})"
     else:
         x = clustered(args.cells)
         source = "synthetic: 200 Gaussian clusters"
@@ -139,11 +139,11 @@ def main() -> None:
     if args.prebuilt:
         from engine.space.index import load_index
 
-        info = atlas.manifest["index"]
-        index = load_index(atlas.path / info["path"])
+        info = atlas.manifest.index
+        index = load_index(atlas.path / info.path)
         setting, recall = tune(index, queries, truth)
         qps = queries_per_second(index, queries, repeat=3)
-        rows.append({"index": f"{info['factory']} (the bundle's, built by vcell build)", "build s": np.nan,
+        rows.append({"index": f"{info.factory} (the bundle's, built by vcell build)", "build s": np.nan,
                      "setting": setting, "recall@10": recall, "queries/s": qps, "x exact": qps / exact_qps,
                      "index GiB": index_bytes(index) / 2**30})
         print(rows[-1], flush=True)

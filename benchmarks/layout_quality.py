@@ -58,17 +58,17 @@ def main() -> None:
     atlas = read_atlas(args.bundle)
     embedding = np.ascontiguousarray(atlas.embedding(), dtype=np.float32)
     n = len(embedding)
-    params = atlas.manifest["layout"]
+    params = atlas.manifest.layout
     print(f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores; {args.bundle}: {n:,} cells, "
-          f"{atlas.manifest['embedding']['default']} ({embedding.shape[1]} dims); bundle layout: {params}", flush=True)
+          f"{atlas.default_embedding} ({embedding.shape[1]} dims); bundle layout: {params.to_dict()}", flush=True)
     start = time.perf_counter()
-    landmark, _ = umap_layout(embedding, n_landmarks=params.get("n_landmarks", 15_000), seed=0)
+    landmark, _ = umap_layout(embedding, n_landmarks=params.n_landmarks, seed=0)
     landmark_s = time.perf_counter() - start
     start = time.perf_counter()
     full, _ = umap_layout(embedding, n_landmarks=n, seed=0)
     full_s = time.perf_counter() - start
     rng = np.random.default_rng(1)
-    layouts = {f"landmark UMAP ({params.get('n_landmarks', 15_000):,} landmarks), every cell placed": (landmark,
+    layouts = {f"landmark UMAP ({params.n_landmarks:,} landmarks), every cell placed": (landmark,
                                                                                                         landmark_s),
                "full UMAP of every cell": (full, full_s),
                "random layout (floor)": (rng.normal(size=(n, 2)).astype(np.float32), 0.0)}

@@ -181,8 +181,8 @@ def main() -> None:
         return
     source, bundle = prepare(Path(args.work), args.cells, args.epochs, args.seed, args.model_seeds)
     atlas = Atlas(bundle)
-    print(f"bundle {bundle} ({atlas.n_cells:,} cells, model {atlas.manifest['model']['name']}, "
-          f"{atlas.manifest['model']['n_genes']} genes)")
+    print(f"bundle {bundle} ({atlas.n_cells:,} cells, model {atlas.manifest.model.name}, "
+          f"{atlas.manifest.model.n_genes} genes)")
     results = evaluate(atlas, load_truth(source)["perturbations"], args.populations, args.regulators, args.seed)
     metrics = ["r_all", "r_top20", "sign_top20", "coverage_top20"]
     order = [MODEL_METHOD, RIDGE_METHOD, NO_CHANGE_METHOD]

@@ -142,11 +142,12 @@ def measure(bundle: Path, n_genes: int = 10, repeats: int = 3) -> list[dict]:
     x = atlas.embedding()
     queries = np.ascontiguousarray(x[np.sort(np.random.default_rng(1).choice(atlas.n_cells, 1000, replace=False))])
     exact_s, _, truth = timed(lambda: exact_neighbours(x, queries, 10), 0)
-    index = load_index(atlas.path / atlas.manifest["index"]["path"], nprobe=atlas.manifest["index"].get("nprobe"))
+    info = atlas.manifest.index
+    index = load_index(atlas.path / info.path, nprobe=info.nprobe)
     _, search_s, found = timed(lambda: index.search(queries, 10)[1], repeats)
     rows.append({"step": "FAISS search, 1,000 queries k=10", "seconds": search_s,
                  "throughput": f"{1000 / search_s:,.0f} queries/s at recall@10 {recall_at_k(found, truth):.3f} "
-                               f"({atlas.manifest['index']['factory']}, nprobe {atlas.manifest['index'].get('nprobe')})",
+                               f"({info.factory}, nprobe {info.nprobe})",
                  "baseline": "exact flat search", "baseline_s": exact_s})
     index = None  # free it before the next measurement
     _ = atlas.store.n_cells, atlas.genes

@@ -113,10 +113,10 @@ def assert_same_bundle(memory, streamed) -> None:
         assert (a is None) == (b is None) and (a is None or np.allclose(a, b, rtol=1e-6)), name
     m, s = memory.manifest, streamed.manifest
     for key in ("n_cells", "n_genes", "gene_hash", "roles", "matrices", "hvg", "harmonisation"):
-        assert m[key] == s[key], key
+        assert getattr(m, key) == getattr(s, key), key
     assert streamed.embedding().shape == memory.embedding().shape
     assert np.load(streamed.path / "obsm" / "X_umap.npy").shape == (memory.n_cells, 2)
-    assert abs(m["model"]["explained_variance"] - s["model"]["explained_variance"]) < 1e-4
+    assert abs(m.model.explained_variance - s.model.explained_variance) < 1e-4
 
 
 def _soma_table(bundle, axis: str) -> pd.DataFrame:

@@ -6,9 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.components import (ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns,
-                            show_table)
+from app.components import ROLE_LABELS, category_colours, current_atlas, kv_table, page_header, role_columns, show_table
 from engine.bundle.atlas import Atlas
+from engine.bundle.manifest import ColumnSource
 from engine.evaluate.suite import RESPONSE_DIR, load_evaluation
 
 TOP_CELL_TYPES = 30
@@ -25,23 +25,22 @@ QUALITY_HELP = {
 
 def harmonisation_table(atlas: Atlas) -> pd.DataFrame:
     """One row per role: the bundle column, the input column it came from, and how it was chosen."""
-    mapping = atlas.manifest.get("harmonisation", {}) or {}
+    harmonisation = atlas.manifest.harmonisation
     rows = []
     for role, column in atlas.roles.items():
-        entry = mapping.get(column) if column else None
-        entry = entry if isinstance(entry, dict) else mapping.get(role) if isinstance(mapping.get(role), dict) else {}
+        entry = (harmonisation.column(column) if column else None) or harmonisation.column(role) or ColumnSource(None)
         if column is None:
             how = f"absent (add with --{role.replace('_', '-')}-key)"
-        elif entry.get("method"):
-            how = entry["method"]
+        elif entry.method:
+            how = entry.method
         else:
-            how = "guessed" if entry.get("guessed") else "given"
+            how = "guessed" if entry.guessed else "given"
         rows.append({"role": ROLE_LABELS.get(role, role), "bundle column": column or "—",
-                     "input column": entry.get("source") or "—", "how": how, "note": entry.get("note") or ""})
-    reference = mapping.get("reference_condition")
+                     "input column": entry.source or "—", "how": how, "note": entry.note or ""})
+    reference = harmonisation.reference_condition
     if reference is not None:
         rows.append({"role": "Reference condition", "bundle column": atlas.roles.get("condition") or "—",
-                     "input column": reference, "how": "guessed" if mapping.get("reference_guessed") else "given",
+                     "input column": reference, "how": "guessed" if harmonisation.reference_guessed else "given",
                      "note": "the healthy / control value"})
     table = pd.DataFrame(rows)
     if not table["note"].any():
@@ -51,7 +50,7 @@ def harmonisation_table(atlas: Atlas) -> pd.DataFrame:
 
 def quality_metrics(atlas: Atlas) -> None:
     """The manifest's quality scores as tiles (with what they mean) and its counts as a caption."""
-    quality = atlas.manifest.get("quality", {}) or {}
+    quality = atlas.manifest.quality
     scores = {k: v for k, v in quality.items() if isinstance(v, float)}
     if not scores:
         st.info("This bundle records no quality numbers.")
@@ -155,13 +154,12 @@ def main() -> None:
     atlas = current_atlas()
     manifest = atlas.manifest
     page_header(atlas, "Model", "Which model and data built this atlas, with what parameters, and how good it is.")
-    model, index, layout = manifest.get("model", {}), manifest.get("index", {}), manifest.get("layout", {})
     cols = st.columns(4)
     cols[0].metric("Cells", f"{atlas.n_cells:,}")
     cols[1].metric("Genes", f"{atlas.n_genes:,}")
-    cols[2].metric("Model", str(model.get("name", "—")).upper(), f"{model.get('n_components', '?')} dimensions",
+    cols[2].metric("Model", manifest.model.name.upper(), f"{manifest.model.n_components} dimensions",
                    delta_color="off", delta_arrow="off")
-    cols[3].metric("Index", str(index.get("factory", "—")), f"{index.get('metric', '')} metric",
+    cols[3].metric("Index", manifest.index.factory, f"{manifest.index.metric} metric",
                    delta_color="off", delta_arrow="off")
 
     st.subheader("Quality")
@@ -172,35 +170,34 @@ def main() -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Model")
-        show_table(kv_table(model))
+        show_table(kv_table(manifest.model.to_dict()))
         st.subheader("Nearest-neighbour index")
-        show_table(kv_table(index))
+        show_table(kv_table(manifest.index.to_dict()))
         st.subheader("Layout (2-D map)")
-        show_table(kv_table(layout))
+        show_table(kv_table(manifest.layout.to_dict()))
     with right:
         st.subheader("Harmonisation")
         st.caption("Which input columns became the atlas's CELLxGENE-named columns.")
         show_table(harmonisation_table(atlas))
         st.subheader("Data and processing")
-        data = {"matrices": manifest.get("matrices"), "normalisation": manifest.get("normalisation"),
-                "highly variable genes": manifest.get("hvg"), "gene identifiers": manifest.get("genes"),
-                "embeddings": manifest.get("embedding")}
-        show_table(kv_table({k: v for k, v in data.items() if v is not None}))
+        sections = {"matrices": manifest.matrices, "normalisation": manifest.normalisation,
+                    "highly variable genes": manifest.hvg, "gene identifiers": manifest.genes,
+                    "embeddings": manifest.embedding}
+        show_table(kv_table({name: section.to_dict() for name, section in sections.items()}))
         st.subheader("Provenance")
-        provenance = dict(manifest.get("provenance", {}))
-        generator = provenance.pop("generator", None)
-        if isinstance(generator, dict) and generator.get("statement"):
+        generator = manifest.provenance.generator
+        if generator and generator.get("statement"):
             st.warning(generator["statement"], icon=":material/science:")
-        show_table(kv_table(provenance))
+        show_table(kv_table({k: v for k, v in manifest.provenance.to_dict().items() if k != "generator"}))
         if generator:
             with st.expander("Generator settings (generated data)"):
-                show_table(kv_table(generator if isinstance(generator, dict) else {"generator": generator}))
+                show_table(kv_table(generator))
 
     if "cell_type" in role_columns(atlas):
         st.subheader("Cells per cell type" + (" and condition" if "condition" in role_columns(atlas) else ""))
         st.plotly_chart(cells_figure(atlas), key="model_cells", config={"displaylogo": False})
     with st.expander("Raw manifest (manifest.json)"):
-        st.json(manifest, expanded=False)
+        st.json(manifest.to_dict(), expanded=False)
 
 
 main()

@@ -91,7 +91,7 @@ def main() -> None:
     atlas = current_atlas()
     page_header(atlas, "Neighbours", "The cells most similar to a cell or a selection, searched over the whole "
                                      f"atlas in the {atlas.default_embedding} embedding (FAISS "
-                                     f"{atlas.manifest['index'].get('factory', '')}).")
+                                     f"{atlas.manifest.index.factory}).")
     query = query_picker(atlas)
     if query is None:
         return

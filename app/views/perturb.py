@@ -266,7 +266,7 @@ def main() -> None:
     page_header(atlas, "Perturb", "In-silico knock-out, knock-down or over-expression of genes in a chosen "
                                   "population, and the predicted expression shift of every other gene.")
     if has_virtual_cell(atlas):
-        seeds = len(atlas.manifest["model"].get("seeds") or [0])
+        seeds = len(atlas.manifest.model.seeds or (0,))
         st.info("**Virtual cell**: the masked autoencoder predicts every gene with the targets clamped (never "
                 "masked), averaged over random masks, with the no-change and ridge co-expression baselines beside "
                 "it. Intervals: mask Monte Carlo and donor bootstrap"

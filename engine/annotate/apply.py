@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from engine.annotate.label_transfer import DEFAULT_K, DEFAULT_THRESHOLD, TransferResult, read_cells, transfer_labels
-from engine.bundle.atlas import Atlas, provenance
+from engine.bundle.atlas import Atlas
+from engine.bundle.manifest import ColumnSource, Step, write_manifest
 from engine.bundle.summaries import compute_summaries
 from engine.errors import InputError
 from engine.evaluate.metrics import knn_label_agreement
-from engine.fileio import atomic_dir, write_json
+from engine.fileio import atomic_dir
 from engine.progress import Progress, report, scaled
 
 REWRITTEN = ("manifest.json", "cells.parquet", "summaries")
@@ -72,9 +73,9 @@ def annotate_bundle(bundle: str | os.PathLike, reference, *, out: str | os.PathL
     -----
     In the new ``cells.parquet``, ``cell_type`` holds the transferred labels, ``cell_type_confidence`` the
     vote share, and the previous cell types are kept in ``cluster`` (when they were clusters) or
-    ``cell_type_previous``. ``manifest["harmonisation"]["cell_type"]`` records the method, reference, ``k``,
+    ``cell_type_previous``. The manifest's ``harmonisation.cell_type`` records the method, reference, ``k``,
     threshold, number of unknown cells and the gene overlap; ``quality`` gets the kNN label agreement of
-    the new labels; ``provenance["steps"]`` the command and date.
+    the new labels; ``provenance.steps`` the command and date.
     """
 
     source = Path(bundle)
@@ -114,8 +115,7 @@ def annotated_obs(atlas, result: TransferResult) -> tuple[pd.DataFrame, str | No
     key = atlas.roles.get("cell_type")
     previous = None
     if key is not None and key in obs:
-        method = str((atlas.manifest.get("harmonisation", {}).get("cell_type") or {}).get("method") or "")
-        previous = "cluster" if "leiden" in method.lower() else "cell_type_previous"
+        previous = "cluster" if atlas.manifest.harmonisation.cell_types_are_clusters else "cell_type_previous"
         obs[previous] = obs[key]
     categories = [str(c) for c in result.summary["cell_type"]]
     obs["cell_type"] = pd.Categorical(np.asarray(result.labels).astype(str), categories=categories)
@@ -158,22 +158,15 @@ def _write_summaries(atlas, obs: pd.DataFrame, path: Path) -> None:
 
 def _write_manifest(atlas, tmp: Path, obs: pd.DataFrame, result: TransferResult, *, previous: str | None,
                     dropped: list[str], command: str | None) -> None:
-
-    manifest = dict(atlas.manifest)
+    """The manifest of the annotated version: the label-transfer record, new quality scores, the step."""
+    manifest = atlas.manifest
+    before = manifest.harmonisation.cell_type
     record = {**result.info, "source": None, "confidence_column": CONFIDENCE_COLUMN, "previous_column": previous,
-              "previous": manifest.get("harmonisation", {}).get("cell_type")}
+              "previous": before.to_dict() if before is not None else None}
     if dropped:
         record["dropped"] = dropped
         record["note"] = f"{', '.join(dropped)} dropped: computed from the previous cell types"
-    manifest["harmonisation"] = {**manifest.get("harmonisation", {}), "cell_type": record}
-    manifest["roles"] = {**manifest["roles"], "cell_type": "cell_type"}
-    quality = dict(manifest.get("quality", {}))
-    quality.update(knn_label_agreement(atlas.index, atlas.embedding(), obs["cell_type"]))
-    quality["label_transfer_mean_confidence"] = result.info["mean_confidence"]
-    manifest["quality"] = quality
-    step = provenance(result.info["reference"], command, None)
-    manifest["provenance"] = {**manifest["provenance"], "steps": [
-        *manifest["provenance"].get("steps", []),
-        {"step": "annotate", **{key: step[key] for key in ("command", "date", "engine_version", "machine")},
-         "reference": result.info["reference"]}]}
-    write_json(tmp / "manifest.json", manifest)
+    quality = {**knn_label_agreement(atlas.index, atlas.embedding(), obs["cell_type"]),
+               "label_transfer_mean_confidence": result.info["mean_confidence"]}
+    manifest = manifest.with_cell_types(ColumnSource.from_dict(record), quality)
+    write_manifest(tmp, manifest.with_step(Step.now("annotate", command, reference=result.info["reference"])))

@@ -134,11 +134,10 @@ def _read_bundle(atlas, cell_type_key: str | None, gene_map: pd.DataFrame | None
     key = cell_type_key or atlas.roles.get("cell_type")
     labels = None
     if labelled:
-        method = str((atlas.manifest.get("harmonisation", {}).get("cell_type") or {}).get("method") or "")
         if key is None or key not in atlas.obs:
             raise InputError(f"Bundle {atlas.path} has no cell-type column {key!r} (its columns are: "
                              f"{', '.join(atlas.obs.columns)}): name one with --reference-cell-type-key.")
-        if "leiden" in method.lower() and cell_type_key is None:
+        if atlas.manifest.harmonisation.cell_types_are_clusters and cell_type_key is None:
             raise InputError(f"The cell types of bundle {atlas.path} are Leiden clusters, not labels: give a "
                              "labelled reference (or annotate this bundle first).")
     if key is not None and key in atlas.obs:

@@ -26,9 +26,10 @@ from torch import nn
 from engine.build.model_genes import model_gene_columns
 from engine.build.pretrain import pretrain
 from engine.bundle.atlas import Atlas, read_atlas
+from engine.bundle.manifest import BaselineModel, ExtraModel, IndexEntry, LayoutInfo, Manifest, ModelInfo, write_manifest
 from engine.errors import InputError
 from engine.evaluate.metrics import knn_label_agreement
-from engine.fileio import write_json, write_npy
+from engine.fileio import write_npy
 from engine.models.checkpoint import load_checkpoint
 from engine.models.inference import embed_store
 from engine.models.serialize import load_model
@@ -103,8 +104,8 @@ def embed_atlas(atlas: Atlas | str | Path, model: nn.Module, genes: Sequence, ba
                        progress=progress)
 
 
-def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epochs: int = 10, seed: int = 0,
-                          n_seeds: int = 1, n_landmarks: int = 15_000, progress: Progress | None = None) -> dict:
+def add_learned_embedding(bundle: str | Path, manifest: Manifest, model: str, *, epochs: int = 10, seed: int = 0,
+                          n_seeds: int = 1, n_landmarks: int = 15_000, progress: Progress | None = None) -> Manifest:
     """Pretrain ``model`` (a method name) or load it (a checkpoint directory), embed the bundle's
     cells, and rebuild index and layout on that embedding.
 
@@ -184,8 +185,8 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
     else:
         shutil.copytree(checkpoint, bundle / "model")
 
-    quality = dict(manifest["quality"])
-    if "knn_label_agreement" in quality and "leiden" not in str(manifest["harmonisation"]["cell_type"]):
+    quality = dict(manifest.quality)
+    if "knn_label_agreement" in quality and not manifest.harmonisation.cell_types_are_clusters:
         quality["pca_knn_label_agreement"] = quality.pop("knn_label_agreement")
         quality.pop("knn_label_agreement_macro", None)
         quality.update(knn_label_agreement(index, embedding, atlas.obs["cell_type"], seed=seed))
@@ -194,19 +195,15 @@ def add_learned_embedding(bundle: str | Path, manifest: dict, model: str, *, epo
     record = load_checkpoint(bundle / "model").config.get("training") or {}
     training = {k: record[k] for k in ("epochs", "seed", "lr", "batch_size", "best_epoch", "best_val_loss",
                                        "n_train_cells", "n_val_cells", "val_donors", "split") if k in record}
-    return {
-        **manifest,
-        "embedding": {"default": name, "available": [name, "X_pca"]},
-        "model": {"name": method, "n_components": int(embedding.shape[1]), "genes": "highly_variable"
-                  if list(genes) == list(atlas.var.index[atlas.var["highly_variable"].to_numpy()]) else "custom",
-                  "n_genes": len(genes), "source": str(model), "config": config, "training": training,
-                  **({"seeds": seeds} if seeds else {}),
-                  "baseline": {"name": "pca", "path": "baselines/pca", **{k: manifest["model"][k]
-                               for k in ("n_components", "explained_variance") if k in manifest["model"]}}},
-        "index": {"path": f"index/{name}.faiss", "embedding": name, **index_info.to_dict()},
-        "layout": {"embedding": name, **layout_params},
-        "quality": quality,
-    }
+    hvg = list(atlas.var.index[atlas.var["highly_variable"].to_numpy()])
+    baseline = BaselineModel(name="pca", path="baselines/pca", n_components=manifest.model.n_components,
+                             explained_variance=manifest.model.explained_variance)
+    return manifest.with_default_embedding(
+        name, model=ModelInfo(name=method, n_components=int(embedding.shape[1]),
+                              genes="highly_variable" if list(genes) == hvg else "custom", n_genes=len(genes),
+                              source=str(model), config=config, training=training, seeds=tuple(seeds) or None,
+                              baseline=baseline),
+        index=IndexEntry.of(name, index_info), layout=LayoutInfo(embedding=name, **layout_params), quality=quality)
 
 
 def add_embedding(bundle: str | Path, checkpoint: str | Path, *, progress: Progress | None = None) -> str:
@@ -235,13 +232,9 @@ def add_embedding(bundle: str | Path, checkpoint: str | Path, *, progress: Progr
     name = embedding_name(model.config.get("method", "model"))
     embedding = embed_atlas(atlas, model, genes, progress=progress)
     write_npy(atlas.path / "obsm" / f"{name}.npy", embedding.astype(np.float32))
-    manifest = dict(atlas.manifest)
-    available = [n for n in manifest["embedding"]["available"] if n != name] + [name]
-    manifest["embedding"] = {**manifest["embedding"], "available": available}
-    manifest.setdefault("extra_models", {})[name] = {"source": str(checkpoint), "n_genes": len(genes),
-                                                     "config": {k: v for k, v in model.config.items()
-                                                                if isinstance(v, (str, int, float, bool))}}
-    write_json(atlas.path / "manifest.json", manifest)
+    config = {k: v for k, v in model.config.items() if isinstance(v, (str, int, float, bool))}
+    write_manifest(atlas.path, atlas.manifest.with_embedding(
+        name, ExtraModel(source=str(checkpoint), n_genes=len(genes), config=config)))
     return name
 
 

@@ -27,12 +27,30 @@ from engine.build.checkpoint import CHECKPOINT_DIR, BuildCheckpoint, resumable_b
 from engine.build.embed import add_learned_embedding, check_model_seeds
 from engine.build.prepare import BuildOptions, Prepared, prepare_in_memory
 from engine.build.stream import STREAM_MIN_CELLS, count_cells, prepare_streaming
-from engine.bundle.atlas import FORMAT, FORMAT_VERSION, Atlas, gene_hash, provenance
+from engine.bundle.atlas import Atlas
+from engine.bundle.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    Embeddings,
+    GeneIds,
+    Harmonisation,
+    Hvg,
+    IndexEntry,
+    LayoutInfo,
+    Manifest,
+    Matrices,
+    ModelInfo,
+    Normalisation,
+    Roles,
+    gene_hash,
+    provenance,
+    write_manifest,
+)
 from engine.compare.pseudobulk import precompute_de
 from engine.data.genes import is_ensembl
 from engine.errors import InputError
 from engine.evaluate.metrics import knn_label_agreement
-from engine.fileio import atomic_dir, write_json
+from engine.fileio import atomic_dir
 from engine.models.checkpoint import save_checkpoint
 from engine.progress import Progress, report, scaled
 from engine.space.cluster import leiden_clusters
@@ -174,31 +192,31 @@ def _finish_bundle(tmp: Path, prepared: Prepared, source, options: BuildOptions,
     genes.to_parquet(tmp / "genes.parquet")
     save_checkpoint(tmp / "model", model.to_checkpoint())
     report(progress, 0.95, "writing the manifest")
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "n_cells": int(n),
-        "n_genes": int(len(genes)),
-        "gene_hash": gene_hash(list(genes.index)),
-        "genes": {"index": "ensembl" if all(map(is_ensembl, genes.index)) else "symbol",
-                  "with_ensembl_id": int(genes["gene_id"].notna().sum()),
-                  "with_symbol": int(genes["gene_symbol"].notna().sum())},
-        "roles": roles,
-        "harmonisation": {**mapping, "cell_type": cell_type_source},
-        "reference_condition": mapping.get("reference_condition"),
-        "matrices": prepared.matrix_notes,
-        "normalisation": {"target_sum": 1e4, "log1p": True},
-        "hvg": {"n_top": int(hvg.sum()), "flavor": "seurat dispersion, 20 mean bins"},
-        "embedding": {"default": "X_pca", "available": ["X_pca"]},
-        "model": {"name": "pca", "n_components": model.n_components,
-                  "explained_variance": float(model.explained_variance_ratio.sum()),
-                  "fit_cells": int(prepared.n_fit), "genes": "highly_variable", "seed": options.seed},
-        "index": {"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info},
-        "layout": {"embedding": "X_pca", **layout_params},
-        "quality": quality,
-        "provenance": provenance(str(source), command, prepared.generated),
-    }
-    write_json(tmp / "manifest.json", manifest)
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        n_cells=int(n),
+        n_genes=int(len(genes)),
+        gene_hash=gene_hash(list(genes.index)),
+        genes=GeneIds(index="ensembl" if all(map(is_ensembl, genes.index)) else "symbol",
+                      with_ensembl_id=int(genes["gene_id"].notna().sum()),
+                      with_symbol=int(genes["gene_symbol"].notna().sum())),
+        roles=Roles(**roles),
+        harmonisation=Harmonisation.from_dict({**mapping, "cell_type": cell_type_source}),
+        reference_condition=mapping.get("reference_condition"),
+        matrices=Matrices.from_dict(prepared.matrix_notes),
+        normalisation=Normalisation(target_sum=1e4, log1p=True),
+        hvg=Hvg(n_top=int(hvg.sum()), flavor="seurat dispersion, 20 mean bins"),
+        embedding=Embeddings(default="X_pca", available=("X_pca",)),
+        model=ModelInfo(name="pca", n_components=model.n_components,
+                        explained_variance=float(model.explained_variance_ratio.sum()),
+                        fit_cells=int(prepared.n_fit), genes="highly_variable", seed=options.seed),
+        index=IndexEntry.from_dict({"path": "index/X_pca.faiss", "embedding": "X_pca", **index_info}),
+        layout=LayoutInfo(embedding="X_pca", **layout_params),
+        quality=quality,
+        provenance=provenance(str(source), command, prepared.generated),
+    )
+    write_manifest(tmp, manifest)
     if options.de or options.model:
         ckpt.keep_pca_bundle()
     if options.de and prepared.matrix_notes.get("counts") is not None:
@@ -209,6 +227,6 @@ def _finish_bundle(tmp: Path, prepared: Prepared, source, options: BuildOptions,
         manifest = add_learned_embedding(tmp, manifest, options.model, epochs=options.epochs, seed=options.seed,
                                          n_seeds=options.model_seeds, n_landmarks=options.n_landmarks,
                                          progress=scaled(overall, 0.4, 0.995))
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, manifest)
 
 

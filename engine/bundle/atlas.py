@@ -14,54 +14,20 @@ A bundle is a versioned, self-describing directory, written atomically::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import platform
-import sys
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from engine import __version__
+from engine.bundle.manifest import Manifest, gene_hash, read_manifest
 from engine.bundle.summaries import Summaries
 from engine.data.gene_index import GeneIndex
 from engine.data.store import ExpressionStore
 from engine.errors import BundleError
 from engine.models.checkpoint import load_checkpoint
 from engine.space.index import load_index
-
-FORMAT = "vcell-atlas"
-FORMAT_VERSION = 1
-
-
-def gene_hash(gene_ids: list[str]) -> str:
-    """SHA-256 of the ordered gene list (ties a bundle's parts to one gene order)."""
-    return hashlib.sha256("\n".join(gene_ids).encode()).hexdigest()
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a bundle's manifest: it exists, is JSON, and has a version we read."""
-    path = Path(path)
-    if not path.exists():
-        raise BundleError(f"{path} does not exist: build a bundle with `vcell build INPUT --out {path}`.")
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        raise BundleError(f"{path} is not an atlas bundle (no manifest.json): build one with `vcell build`.")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON ({exc.msg}): rebuild the bundle.") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a vcell atlas bundle (format {manifest.get('format')!r}).")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path} is a bundle of format version {version}, but this engine reads version "
-                          f"{FORMAT_VERSION}: rebuild it with this version's `vcell build`.")
-    return manifest
 
 
 class Atlas:
@@ -74,42 +40,47 @@ class Atlas:
     ----------
     path
         The bundle directory.
+
+    Attributes
+    ----------
+    manifest
+        The bundle's :class:`~engine.bundle.manifest.Manifest`, read and checked on opening.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        self.manifest: Manifest = read_manifest(self.path)
 
     # -- metadata ---------------------------------------------------------------------
     @property
     def n_cells(self) -> int:
         """Number of cells."""
-        return int(self.manifest["n_cells"])
+        return self.manifest.n_cells
 
     @property
     def n_genes(self) -> int:
         """Number of genes."""
-        return int(self.manifest["n_genes"])
+        return self.manifest.n_genes
 
     @property
     def roles(self) -> dict[str, str | None]:
         """Which obs column plays which role: ``cell_type``, ``condition``, ``donor``, ``batch``."""
-        return dict(self.manifest["roles"])
+        return self.manifest.roles.to_dict()
 
     @property
     def reference_condition(self) -> str | None:
         """The healthy / control condition, if known."""
-        return self.manifest.get("reference_condition")
+        return self.manifest.reference_condition
 
     @property
     def generated(self) -> bool:
         """True when the atlas holds generated (synthetic) cells."""
-        return bool(self.manifest["provenance"].get("generated", False))
+        return self.manifest.provenance.generated
 
     @property
     def title(self) -> str:
         """A short name for display, marked when generated."""
-        name = self.manifest["provenance"].get("name") or self.path.stem
+        name = self.manifest.provenance.name or self.path.stem
         return f"{name} (generated)" if self.generated else name
 
     @cached_property
@@ -124,7 +95,7 @@ class Atlas:
         Checked against the manifest's gene hash, so every part indexes the same genes.
         """
         var = pd.read_parquet(self.path / "genes.parquet")
-        if gene_hash(list(var.index)) != self.manifest["gene_hash"]:
+        if gene_hash(list(var.index)) != self.manifest.gene_hash:
             raise BundleError(f"The gene list of {self.path} does not match its manifest: the bundle was "
                               "modified or mixed with another; rebuild it with `vcell build`.")
         return var
@@ -146,7 +117,7 @@ class Atlas:
     @property
     def default_embedding(self) -> str:
         """Name of the default embedding, e.g. ``X_pca``."""
-        return self.manifest["embedding"]["default"]
+        return self.manifest.embedding.default
 
     def embedding(self, name: str | None = None) -> np.ndarray:
         """An embedding, memory-mapped, ``(n_cells, dim)`` float32."""
@@ -167,8 +138,8 @@ class Atlas:
     def index(self):
         """The FAISS index of the default embedding."""
 
-        info = self.manifest["index"]
-        index = load_index(self.path / info["path"], nprobe=info.get("nprobe"))
+        info = self.manifest.index
+        index = load_index(self.path / info.path, nprobe=info.nprobe)
         if index.ntotal != self.n_cells:
             raise BundleError(f"The FAISS index of {self.path} has {index.ntotal:,} rows for {self.n_cells:,} cells: "
                               "rebuild the bundle with `vcell build`.")
@@ -242,13 +213,13 @@ def validate_atlas(path: str | os.PathLike) -> list[str]:
     atlas = Atlas(path)
     n = atlas.n_cells
     missing = [part for part in ("cells.parquet", "genes.parquet", "obsm/X_umap.npy", "store", "summaries", "model",
-                                 atlas.manifest["index"]["path"]) if not (atlas.path / part).exists()]
+                                 atlas.manifest.index.path) if not (atlas.path / part).exists()]
     if missing:
         return [f"{part} is missing" for part in missing]
     problems: list[str] = []
     checks = [
         lambda: (len(atlas.obs) == n, f"cells.parquet has {len(atlas.obs)} rows, manifest says {n} cells"),
-        lambda: (gene_hash(list(pd.read_parquet(atlas.path / "genes.parquet").index)) == atlas.manifest["gene_hash"],
+        lambda: (gene_hash(list(pd.read_parquet(atlas.path / "genes.parquet").index)) == atlas.manifest.gene_hash,
                  "gene list does not match the manifest's hash"),
         lambda: (len(atlas.var) == atlas.n_genes, f"genes.parquet has {len(atlas.var)} rows, manifest says {atlas.n_genes}"),
         lambda: (atlas.layout.shape == (n, 2), f"layout has shape {atlas.layout.shape}, expected ({n}, 2)"),
@@ -256,11 +227,11 @@ def validate_atlas(path: str | os.PathLike) -> list[str]:
         lambda: (atlas.store.n_cells == n and atlas.store.n_genes == atlas.n_genes,
                  f"expression store is {atlas.store.n_cells} x {atlas.store.n_genes}, expected {n} x {atlas.n_genes}"),
         lambda: (int(atlas.summaries.groups["n_cells"].sum()) == n, "summaries do not add up to the number of cells"),
-        lambda: (atlas.manifest["model"].get("genes") == "custom"
+        lambda: (atlas.manifest.model.genes == "custom"
                  or atlas.model.genes == [atlas.var.index[i] for i in np.flatnonzero(atlas.var["highly_variable"])],
                  "model gene list does not match the atlas's highly variable genes"),
     ]
-    for name in atlas.manifest["embedding"]["available"]:
+    for name in atlas.manifest.embedding.available:
         checks.append(lambda name=name: (atlas.embedding(name).shape[0] == n, f"{name} does not have {n} rows"))
         checks.append(lambda name=name: (bool(np.isfinite(atlas.embedding(name)[: min(n, 10_000)]).all()),
                                          f"{name} contains NaN or infinite values"))
@@ -276,17 +247,3 @@ def validate_atlas(path: str | os.PathLike) -> list[str]:
             problems.append(message)
     return problems
 
-
-def provenance(source: str, command: str | None, generated: dict | None) -> dict:
-    """How a bundle was made: source, command, date, machine, and the generator's statement."""
-    return {
-        "source": str(source),
-        "name": Path(str(source).rstrip("/")).stem,
-        "command": command or " ".join(sys.argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engine_version": __version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "generated": bool(generated),
-        "generator": generated or None,
-    }

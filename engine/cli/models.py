@@ -74,7 +74,7 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a bundle's embeddings and store the tables in BUNDLE/evaluation/."""
     atlas = read_atlas(args.bundle)
-    names = args.embeddings.split(",") if args.embeddings else atlas.manifest["embedding"]["available"]
+    names = args.embeddings.split(",") if args.embeddings else list(atlas.manifest.embedding.available)
     checkpoints = {option: _checkpoints(option, getattr(args, option)) for option in ("finetune", "reconstruct")}
     results = evaluate_bundle(atlas, embeddings=names, seeds=tuple(range(args.seeds)), k=args.k, metric=args.metric,
                               supervised=not args.no_supervised, epochs=args.epochs, **checkpoints,

@@ -317,7 +317,7 @@ def _read_index(atlas: Atlas) -> dict | None:
     if not path.exists():
         return None
     index = json.loads(path.read_text())
-    return index if index.get("gene_hash") == atlas.manifest["gene_hash"] else None
+    return index if index.get("gene_hash") == atlas.manifest.gene_hash else None
 
 
 def _key(cell_type: str, a: str, b: str) -> tuple[str, str, str]:
@@ -413,7 +413,7 @@ def precompute_de(atlas: Atlas, *, cell_types: list[str] | None = None, conditio
         write_json(tmp / "index.json", {
             "method": PSEUDOBULK_METHOD, "engine_version": __version__, "pydeseq2_version": _pydeseq2_version(),
             "params": asdict(params), "design": "~ condition", "reference": contrasts[0][1] if contrasts else None,
-            "gene_hash": atlas.manifest["gene_hash"], "contrasts": entries, "skipped": skipped,
+            "gene_hash": atlas.manifest.gene_hash, "contrasts": entries, "skipped": skipped,
         })
     report(progress, 1.0, f"pseudobulk DE cached for {len(entries)} contrast(s)")
     return pd.DataFrame(rows, columns=["cell_type", "a", "b", "n_genes_tested", "n_up", "n_down", "seconds",

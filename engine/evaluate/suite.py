@@ -114,10 +114,9 @@ def evaluate_bundle(atlas, *, embeddings: list[str] | tuple[str, ...] = ("X_pca"
     if not isinstance(atlas, Atlas):
         atlas = Atlas(atlas)
     cell_type_key = atlas.roles.get("cell_type")
-    method = str((atlas.manifest.get("harmonisation", {}).get("cell_type") or {}).get("method") or "")
     if cell_type_key is None:
         raise InputError("This atlas has no cell-type labels: annotate it first (evaluation predicts cell types).")
-    if "leiden" in method.lower():
+    if atlas.manifest.harmonisation.cell_types_are_clusters:
         raise InputError("This atlas's cell types are clusters, not labels: annotate it first.")
     obs = atlas.obs
     labels = obs[cell_type_key]

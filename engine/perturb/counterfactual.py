@@ -85,13 +85,13 @@ def has_virtual_cell(atlas: Atlas) -> bool:
     bool
         ``True`` for a bundle built with ``--model mae`` or ``gp-mae``.
     """
-    return atlas.manifest.get("model", {}).get("name") in ("mae", "gp-mae")
+    return atlas.manifest.model.name in ("mae", "gp-mae")
 
 
 def load_mae(atlas: Atlas) -> tuple[nn.Module, list[str]]:
     """The bundle's masked autoencoder and its genes, or a :class:`~engine.errors.BundleError` saying how to get one."""
     if not has_virtual_cell(atlas):
-        method = atlas.manifest.get("model", {}).get("name")
+        method = atlas.manifest.model.name
         raise BundleError(f"This bundle's embedding model is {method or 'none'}, not a masked autoencoder: the "
                           "virtual cell needs one (build with `vcell build INPUT --model mae`).")
     return _load_checked(atlas.path / "model")
@@ -111,7 +111,7 @@ def load_mae_ensemble(atlas: Atlas) -> list[tuple[nn.Module, list[str]]]:
     """
     main = load_mae(atlas)
     models = [main]
-    for seed in (atlas.manifest["model"].get("seeds") or [])[1:]:
+    for seed in (atlas.manifest.model.seeds or ())[1:]:
         path = atlas.path / "model_seeds" / f"seed-{seed}"
         if not path.is_dir():
             raise BundleError(f"The manifest lists model seed {seed} but {path} is missing: rebuild the bundle "

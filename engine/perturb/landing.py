@@ -121,7 +121,7 @@ def where_cells_go(atlas: Atlas, model: nn.Module, x: torch.Tensor, missing: tor
     """
 
     name = embedding_name(model.config.get("method", "mae"))
-    indexed = atlas.manifest.get("index", {}).get("embedding", atlas.default_embedding)
+    indexed = atlas.manifest.index.embedding
     if indexed != name:
         return None, (f"The bundle's neighbour index is built on {indexed}, not on this model's embedding ({name}): "
                       "where the perturbed cells land is not shown. Build with `vcell build INPUT --model mae`.")

@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.build.embed import embedding_name
 from engine.bundle.atlas import read_atlas
+from engine.bundle.manifest import ExtraModel, IndexEntry, Manifest, write_manifest
 from engine.errors import BundleError, InputError
 from engine.fileio import atomic_path, write_json
 from engine.progress import Progress, report
@@ -167,15 +168,15 @@ def merge_shards(out_dir: str | os.PathLike, *, bundle: str | os.PathLike | None
     return result
 
 
-def _is_default(manifest: dict, name: str) -> bool:
-    return manifest["embedding"]["default"] == name or manifest["index"].get("embedding") == name
+def _is_default(manifest: Manifest, name: str) -> bool:
+    return manifest.embedding.default == name or manifest.index.embedding == name
 
 
 def _check_bundle(bundle: Path, record: ShardRecord, name: str) -> None:
     """Refuse, before any work, to register shards in a bundle of other cells, or over its default from another model."""
 
     atlas = read_atlas(bundle)
-    if atlas.manifest["gene_hash"] != record.gene_hash or atlas.n_cells != record.n_cells:
+    if atlas.manifest.gene_hash != record.gene_hash or atlas.n_cells != record.n_cells:
         raise InputError(f"The shards embed another bundle ({record.bundle}, {record.n_cells:,} cells) than {bundle} "
                          f"({atlas.n_cells:,} cells): register them in the bundle they were made from.")
     if _is_default(atlas.manifest, name) and checkpoint_hash(bundle / "model") != record.model_hash:
@@ -191,21 +192,15 @@ def _register(bundle: Path, result: MergeResult, meta: dict) -> Path:
     and the manifest's index entry describes the merged index.
     """
 
-    manifest = dict(read_atlas(bundle).manifest)
+    manifest = read_atlas(bundle).manifest
     default = _is_default(manifest, result.name)
     for source, target in ((result.embedding, bundle / "obsm" / f"{result.name}.npy"),
                            (result.index, bundle / "index" / f"{result.name}.faiss")):
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-    available = [e for e in manifest["embedding"]["available"] if e != result.name] + [result.name]
-    manifest["embedding"] = {**manifest["embedding"], "available": available}
-    manifest.setdefault("extra_models", {})[result.name] = {
-        "source": meta["checkpoint"], "model_hash": meta["model_hash"],
-        "sharded": {"world_size": meta["world_size"]},
-        "index": {"path": f"index/{result.name}.faiss", "embedding": result.name, **result.info},
-    }
-    if default:
-        manifest["index"] = {**manifest["index"], "path": f"index/{result.name}.faiss", "embedding": result.name,
-                             **result.info}
-    write_json(bundle / "manifest.json", manifest)
+    index = IndexEntry.of(result.name, IndexInfo(**result.info))
+    manifest = manifest.with_embedding(result.name, ExtraModel(
+        source=meta["checkpoint"], model_hash=meta["model_hash"], sharded={"world_size": meta["world_size"]},
+        index=index))
+    write_manifest(bundle, manifest.with_default_index(index) if default else manifest)
     return bundle

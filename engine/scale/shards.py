@@ -195,7 +195,7 @@ def embed_shards(bundle: str | os.PathLike, checkpoint: str | os.PathLike, out_d
     with torch.inference_mode():
         dim = int(model.embed(torch.zeros(1, len(genes))).shape[1])
     record = {"n_cells": int(atlas.n_cells), "method": str(model.config.get("method", "model")),
-              "model_hash": checkpoint_hash(checkpoint), "gene_hash": str(atlas.manifest["gene_hash"]),
+              "model_hash": checkpoint_hash(checkpoint), "gene_hash": atlas.manifest.gene_hash,
               "bundle": str(bundle.resolve()), "checkpoint": str(checkpoint.resolve())}
     devices, num_nodes = _cluster_devices(devices, num_nodes)
     if strategy is None:

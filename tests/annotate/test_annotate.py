@@ -158,14 +158,17 @@ def test_covid_annotated_bundle(covid_annotated_bundle, covid_bundle):
     shares = obs["cell_type"].value_counts(normalize=True)
     assert shares["CD14 Mono"] > 0.1  # measured 21%: classical monocytes are a major PBMC population
     assert shares.get("unknown", 0.0) < 0.1
-    record = atlas.manifest["harmonisation"]["cell_type"]
-    assert record["method"] == "label transfer (kNN in reference PCA)"
-    assert record["k"] == 15 and record["threshold"] == 0.5
-    assert record["n_unknown"] == int((obs["cell_type"] == "unknown").sum())
-    assert record["genes"]["n_shared"] > 10_000 and record["previous_column"] == "cluster"
-    assert "leiden" in record["previous"]["method"]
-    assert "knn_label_agreement" in atlas.manifest["quality"]
-    assert atlas.manifest["provenance"]["steps"][-1]["step"] == "annotate"
+    record = atlas.manifest.harmonisation.cell_type
+    assert record.method == "label transfer (kNN in reference PCA)" and record.source is None
+    details = record.extra  # the label transfer's own record
+    assert details["k"] == 15 and details["threshold"] == 0.5
+    assert details["n_unknown"] == int((obs["cell_type"] == "unknown").sum())
+    assert details["genes"]["n_shared"] > 10_000 and details["previous_column"] == "cluster"
+    assert "leiden" in details["previous"]["method"]
+    assert not atlas.manifest.harmonisation.cell_types_are_clusters
+    assert atlas.roles["cell_type"] == "cell_type"
+    assert "knn_label_agreement" in atlas.manifest.quality
+    assert atlas.manifest.provenance.steps[-1].step == "annotate"
     groups = atlas.summaries.groups
     assert set(groups["cell_type"]) == set(obs["cell_type"].astype(str))
     assert int(groups["n_cells"].sum()) == atlas.n_cells
@@ -228,7 +231,7 @@ def test_cli_annotate(covid_bundle, shared_data, tmp_path, capsys):
                  "--out", str(out), "-k", "20", "--threshold", "0.4"]) == 0
     printed = capsys.readouterr().out
     assert "CD14 Mono" in printed and "mean_confidence" in printed and "shared genes" in printed
-    assert read_atlas(out).manifest["harmonisation"]["cell_type"]["k"] == 20
+    assert read_atlas(out).manifest.harmonisation.cell_type.extra["k"] == 20
     assert main(["annotate", str(covid_bundle), "--reference", str(shared_data("kang_ifnb_1k.h5ad")),
                  "--out", str(out)]) == 2  # exists
 

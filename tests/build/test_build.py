@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engine.bundle.atlas import read_atlas, validate_atlas
+from engine.bundle.manifest import ColumnSource
 from engine.compare.conditions import compare_conditions
 from engine.errors import GeneNotFoundError
 from engine.space.neighbours import find_neighbours
@@ -21,9 +22,9 @@ def test_covid_bundle_is_valid_and_harmonised(covid_bundle):
     assert set(atlas.categories("condition")) == {"Healthy", "Covid_Mild", "Covid_Critical"}
     # no labels in the input: Leiden clusters stand in, and the manifest says so
     assert atlas.categories("cell_type")[0].startswith("cluster ")
-    assert "leiden" in atlas.manifest["harmonisation"]["cell_type"]["method"]
-    assert atlas.manifest["harmonisation"]["disease"] == {"source": "condition", "guessed": True}
-    assert not atlas.generated and atlas.manifest["matrices"]["counts"] is not None
+    assert "leiden" in atlas.manifest.harmonisation.cell_type.method
+    assert atlas.manifest.harmonisation.disease == ColumnSource(source="condition", guessed=True)
+    assert not atlas.generated and atlas.manifest.matrices.counts is not None
 
 
 def test_covid_bundle_expression_matches_the_input(covid_bundle, shared_data):
@@ -52,13 +53,13 @@ def test_covid_interferon_genes_up_in_critical(covid_bundle):
 
 def test_kang_bundle_stim_response_and_labels(kang_bundle):
     atlas = read_atlas(kang_bundle)
-    assert atlas.manifest["harmonisation"]["cell_type"]["source"] == "seurat_annotations"
+    assert atlas.manifest.harmonisation.cell_type.source == "seurat_annotations"
     assert atlas.roles["donor"] is None  # kang_ifnb_1k has no donors; nothing is invented
     de = compare_conditions(atlas, "CTRL", "STIM").de.set_index("gene")
     for gene in ("ISG15", "IFIT1", "MX1"):
         assert de.loc[gene, "log2fc"] > 1 and de.loc[gene, "padj"] < 1e-3, gene
     # the embedding keeps cell types together: measured, and recorded in the manifest
-    assert atlas.manifest["quality"]["knn_label_agreement"] > 0.7
+    assert atlas.manifest.quality["knn_label_agreement"] > 0.7
     mono = np.flatnonzero(atlas.obs["cell_type"] == "CD14 Mono")[:1]
     found = find_neighbours(atlas, mono, k=20)
     assert found.summary.breakdown["cell_type"]["value"].iloc[0] == "CD14 Mono"

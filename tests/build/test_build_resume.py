@@ -204,7 +204,7 @@ def test_resume_after_interrupt_while_adding_a_learned_model(tmp_path):
     assert resumed.saw("pretraining mae")
     bundle = read_atlas(out)
     assert validate_atlas(out) == [] and (out / "baselines" / "pca").is_dir()
-    assert bundle.manifest["embedding"] == reference.manifest["embedding"]
+    assert bundle.manifest.embedding == reference.manifest.embedding
     assert sorted(p.name for p in (out / "index").iterdir()) == sorted(p.name for p in (reference.path / "index").iterdir())
     pd.testing.assert_frame_equal(bundle.obs, reference.obs)
     np.testing.assert_array_equal(np.load(out / "obsm" / "X_pca.npy"), np.load(reference.path / "obsm" / "X_pca.npy"))

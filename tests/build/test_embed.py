@@ -9,6 +9,7 @@ from vcell_testing import shared_file
 
 from engine.build.embed import embed_atlas
 from engine.bundle.atlas import read_atlas, validate_atlas
+from engine.bundle.manifest import Embeddings
 from engine.cli import main
 from engine.models.serialize import align_genes, load_model
 from engine.models.ssl import build_model
@@ -19,9 +20,9 @@ def test_learned_embedding_is_the_default(mae_bundle):
     assert validate_atlas(mae_bundle) == []
     atlas = read_atlas(mae_bundle)
     manifest = atlas.manifest
-    assert manifest["embedding"] == {"default": "X_mae", "available": ["X_mae", "X_pca"]}
-    assert manifest["index"]["path"] == "index/X_mae.faiss" and manifest["layout"]["embedding"] == "X_mae"
-    assert manifest["model"]["name"] == "mae" and manifest["model"]["training"]["epochs"] == 2
+    assert manifest.embedding == Embeddings(default="X_mae", available=("X_mae", "X_pca"))
+    assert manifest.index.path == "index/X_mae.faiss" and manifest.layout.embedding == "X_mae"
+    assert manifest.model.name == "mae" and manifest.model.training["epochs"] == 2
     assert atlas.embedding().shape == (atlas.n_cells, 64) and atlas.index.d == 64
     # the PCA baseline stays: its embedding and its checkpoint
     assert atlas.embedding("X_pca").shape[1] == 50
@@ -30,7 +31,7 @@ def test_learned_embedding_is_the_default(mae_bundle):
     mono = np.flatnonzero(atlas.obs["cell_type"] == "CD14 Mono")[:1]
     found = find_neighbours(atlas, mono, k=10)
     assert found.summary.breakdown["cell_type"]["value"].iloc[0] == "CD14 Mono"
-    assert 0.0 <= manifest["quality"]["knn_label_agreement"] <= 1.0 and "pca_knn_label_agreement" in manifest["quality"]
+    assert 0.0 <= manifest.quality["knn_label_agreement"] <= 1.0 and "pca_knn_label_agreement" in manifest.quality
 
 
 def test_model_checkpoint_can_be_reused_and_bad_models_are_refused(mae_bundle, tmp_path, shared_data, capsys):
@@ -53,7 +54,7 @@ def test_pretrain_then_embed_adds_an_embedding_without_changing_the_default(smal
     assert (run / "model" / "weights.safetensors").exists()
     assert main(["embed", str(bundle), "--model", str(run / "model")]) == 0
     atlas = read_atlas(bundle)
-    assert atlas.manifest["embedding"] == {"default": "X_pca", "available": ["X_pca", "X_barlow"]}
+    assert atlas.manifest.embedding == Embeddings(default="X_pca", available=("X_pca", "X_barlow"))
     assert atlas.embedding("X_barlow").shape == (atlas.n_cells, 64)
     assert np.isfinite(atlas.embedding("X_barlow")).all()
     assert validate_atlas(bundle) == []

@@ -63,7 +63,7 @@ BALANCED = {("T", "healthy"): [60, 50, 70, 55], ("T", "sick"): [65, 50, 60, 58, 
 def fake_atlas(path: Path, summaries: Summaries, reference: str | None = None) -> SimpleNamespace:
     """What the pseudobulk cache needs of an Atlas: path, summaries, gene labels, gene hash, reference."""
     return SimpleNamespace(path=path, summaries=summaries, genes=SimpleNamespace(labels=LABELS),
-                           manifest={"gene_hash": "test"}, reference_condition=reference)
+                           manifest=SimpleNamespace(gene_hash="test"), reference_condition=reference)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_cache_round_trip(tmp_path, t_cells):
     assert contrast_de(atlas, "healthy", "sick", "T").cached
     assert cached_de(atlas, "healthy", "sick", "B") is None  # skipped contrasts are not cached
     assert cached_de(atlas, "healthy", "sick", "T", params=PseudobulkParams(min_cells=5)) is None
-    atlas.manifest = {"gene_hash": "another gene list"}
+    atlas.manifest = SimpleNamespace(gene_hash="another gene list")
     assert cached_de(atlas, "healthy", "sick", "T") is None
 
 

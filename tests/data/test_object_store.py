@@ -148,7 +148,7 @@ def test_streaming_build_from_s3_equals_local(s3, tmp_path):
     options = dict(stream=True, n_landmarks=200, pca_sample=300, n_pcs=10)
     remote = read_atlas(build_atlas(uri, tmp_path / "s3.vcell", BuildOptions(**options)))
     here = read_atlas(build_atlas(local, tmp_path / "local.vcell", BuildOptions(**options)))
-    assert remote.manifest["provenance"]["source"] == uri
+    assert remote.manifest.provenance.source == uri
     assert remote.n_cells == 300
     pd.testing.assert_frame_equal(remote.obs, here.obs)
     for name in ("cells.parquet", "genes.parquet"):

@@ -1,11 +1,14 @@
 """Embedding evaluation: kNN label agreement, held-out donors, zero-shot kNN, linear probe,
 reconstruction, method x seed tables and whole bundles."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import explained_variance_score
 
+from engine.bundle.manifest import ColumnSource
 from engine.errors import InputError
 from engine.evaluate.metrics import (
     donor_split,
@@ -187,7 +190,7 @@ def test_evaluate_bundle_on_generated_atlas(small_bundle):
     assert table.split.str.startswith("donor split").all()
     assert (table.knn_macro_f1 > 0.5).all()
     atlas = _atlas(small_bundle)
-    atlas.manifest["roles"]["donor"] = None
+    atlas.manifest = replace(atlas.manifest, roles=replace(atlas.manifest.roles, donor=None))
     fallback = evaluate_bundle(atlas, seeds=(0,), linear=False, supervised=False)
     assert fallback.table.split.str.startswith("cell split").all()
     assert any("no donor column" in note for note in fallback.notes)
@@ -195,11 +198,12 @@ def test_evaluate_bundle_on_generated_atlas(small_bundle):
 
 def test_evaluate_bundle_refuses_clusters_and_missing_labels(small_bundle):
     atlas = _atlas(small_bundle)
-    atlas.manifest["harmonisation"]["cell_type"] = {"method": "leiden clusters on the PCA kNN graph"}
+    clusters = ColumnSource(source=None, method="leiden clusters on the PCA kNN graph")
+    atlas.manifest = replace(atlas.manifest, harmonisation=replace(atlas.manifest.harmonisation, cell_type=clusters))
     with pytest.raises(InputError, match="clusters, not labels: annotate it first"):
         evaluate_bundle(atlas)
     atlas = _atlas(small_bundle)
-    atlas.manifest["roles"]["cell_type"] = None
+    atlas.manifest = replace(atlas.manifest, roles=replace(atlas.manifest.roles, cell_type=None))
     with pytest.raises(InputError, match="annotate it first"):
         evaluate_bundle(atlas)
 

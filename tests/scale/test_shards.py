@@ -15,6 +15,7 @@ import pytest
 
 from engine.build.embed import embed_atlas
 from engine.bundle.atlas import read_atlas, validate_atlas
+from engine.bundle.manifest import Embeddings
 from engine.cli import main
 from engine.errors import InputError
 from engine.models.serialize import load_model
@@ -160,9 +161,9 @@ def test_two_processes_give_the_same_embedding_and_neighbours_as_one(mae_bundle,
 
     # registered in a PCA bundle of the same cells: listed beside X_pca, the default unchanged
     atlas = read_atlas(kang)
-    assert atlas.manifest["embedding"] == {"default": "X_pca", "available": ["X_pca", "X_mae"]}
-    assert atlas.manifest["extra_models"]["X_mae"]["sharded"] == {"world_size": 2}
-    assert atlas.manifest["extra_models"]["X_mae"]["index"]["factory"] == "IVF16,Flat"
+    assert atlas.manifest.embedding == Embeddings(default="X_pca", available=("X_pca", "X_mae"))
+    assert atlas.manifest.extra_models["X_mae"].sharded == {"world_size": 2}
+    assert atlas.manifest.extra_models["X_mae"].index.factory == "IVF16,Flat"
     np.testing.assert_array_equal(atlas.embedding("X_mae"), merged)
     assert load_index(kang / "index" / "X_mae.faiss").ntotal == n
     assert validate_atlas(kang) == []
@@ -170,7 +171,7 @@ def test_two_processes_give_the_same_embedding_and_neighbours_as_one(mae_bundle,
     # the bundle's own default embedding, from its own model: the default index becomes the merged one
     result = merge_shards(out, bundle=bundle)
     atlas = read_atlas(bundle)
-    assert atlas.manifest["index"]["factory"] == "IVF16,Flat" and atlas.index.ntotal == n
+    assert atlas.manifest.index.factory == "IVF16,Flat" and atlas.index.ntotal == n
     assert validate_atlas(bundle) == []
     _fake_record_model(out, "another")
     before = (bundle / "manifest.json").read_text()
