@@ -246,7 +246,7 @@ def test_cli_annotate_from_an_ensembl_reference_needs_no_gene_map(covid_bundle, 
                  "--out", str(out)]) == 0
     assert "CD14+ Monocytes" in capsys.readouterr().out
     atlas = read_atlas(out)
-    assert atlas.manifest["harmonisation"]["cell_type"]["genes"]["n_shared"] > 2_400  # measured 2,483 of 2,511
+    assert atlas.manifest.to_dict()["harmonisation"]["cell_type"]["genes"]["n_shared"] > 2_400  # measured 2,483 of 2,511
     labels = atlas.obs["cell_type"].astype(str).to_numpy()
     shares = pd.Series(labels).value_counts(normalize=True)
     assert shares.get("unknown", 0.0) < 0.05  # measured 1.3%

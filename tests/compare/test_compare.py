@@ -1,4 +1,4 @@
-"""Tests of engine.compare.conditions: selection, composition, cell-level Wilcoxon DE, volcano frame."""
+"""Tests of engine.compare.conditions: composition, cell-level Wilcoxon DE, volcano frame."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from scipy import stats
 
 import engine.compare.conditions as compare
 from engine.compare.conditions import rank_genes_wilcoxon, volcano_frame
-from engine.bundle.select import select_cells, subsample
 from engine.compare.composition import composition, composition_shift
 from engine.errors import EmptySelectionError, InputError, MissingKeyError
 from vcell_testing import make_counts_adata, shared_file
@@ -38,37 +37,6 @@ def _read_lognorm(name: str) -> ad.AnnData:
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     return adata
-
-
-# ----------------------------------------------------------------------------- selection
-def test_select_cells_by_condition_and_cell_type(lognorm):
-    obs = lognorm.obs
-    cells = select_cells(obs, condition="disease", cell_type="B cell", roles=ROLES)
-    expected = np.flatnonzero((obs["condition"] == "disease").to_numpy() & (obs["cell_label"] == "B cell").to_numpy())
-    np.testing.assert_array_equal(cells, expected)
-    assert select_cells(obs, roles=ROLES).size == obs.shape[0]
-
-
-def test_select_cells_errors(lognorm):
-    obs = lognorm.obs
-    with pytest.raises(InputError, match=r"Unknown condition 'disaese': choose one of disease, normal\. Did you mean: disease\?"):
-        select_cells(obs, condition="disaese", roles=ROLES)
-    with pytest.raises(MissingKeyError, match="no condition column: rebuild with --condition-key"):
-        select_cells(obs, condition="disease", roles={**ROLES, "condition": None})
-    obs2 = obs.copy()
-    obs2["cell_label"] = obs2["cell_label"].astype(str)
-    obs2.loc[obs2["condition"] == "disease", "cell_label"] = "T cell"
-    with pytest.raises(EmptySelectionError, match=r"^No 'B cell' cells in condition 'disease': pick another cell type or condition\.$"):
-        select_cells(obs2, condition="disease", cell_type="B cell", roles=ROLES)
-
-
-def test_subsample_is_reproducible_and_bounded():
-    cells = np.arange(1000) * 3
-    first, again = subsample(cells, 100, seed=4), subsample(cells, 100, seed=4)
-    np.testing.assert_array_equal(first, again)
-    assert first.size == 100 and np.all(np.diff(first) > 0) and np.isin(first, cells).all()
-    assert not np.array_equal(first, subsample(cells, 100, seed=5))
-    assert subsample(cells, None, 0) is cells
 
 
 # ----------------------------------------------------------------------------- composition
