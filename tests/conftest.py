@@ -6,6 +6,7 @@ Tests that need ``../shared/data`` skip with a message when it is absent, and fa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +20,19 @@ try:  # small models train faster (and steadily) on one thread than on two busy 
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - torch is a dependency
     pass
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """Restore ``sys.modules["__main__"]`` after each test.
+
+    Streamlit's ``AppTest`` leaves the page script there; a later test that starts "spawn" worker
+    processes (the generator's ``n_jobs``) would then make each worker re-run that script as its main
+    module, and the pool hangs.
+    """
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture
