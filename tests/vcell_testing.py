@@ -62,6 +62,52 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
 
 
+TINY_ROLES = dict(cell_type_key="cell_label", condition_key="condition", donor_key="sample")
+"""The roles of :func:`make_counts_adata`'s columns, as build options."""
+
+
+def tiny_ensembl_id(i: int) -> str:
+    """The made-up Ensembl ID of gene ``G<i>`` of a tiny bundle (not in GENCODE)."""
+    return f"ENSG9{i:010d}"
+
+
+def write_tiny_h5ad(path: Path, **kwargs) -> Path:
+    """:func:`make_counts_adata` written as ``.h5ad``, its genes given Ensembl IDs (``gene_ids``)."""
+    adata = make_counts_adata(**kwargs)
+    adata.var["gene_ids"] = [tiny_ensembl_id(i) for i in range(adata.n_vars)]
+    adata.write_h5ad(path)
+    return path
+
+
+def build_tiny_bundle(root: Path, **options) -> Path:
+    """A bundle of :func:`write_tiny_h5ad` (600 cells x 200 genes; 3 cell types, 2 conditions, 4 donors) in ``root``.
+
+    ``options`` are further :class:`~engine.build.prepare.BuildOptions`.
+    """
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
+
+    source = write_tiny_h5ad(root / "tiny.h5ad")
+    return build_atlas(source, root / "tiny.vcell", BuildOptions(**TINY_ROLES, n_landmarks=200, **options))
+
+
+def with_toy_mae(bundle: Path, out: Path) -> Path:
+    """A copy of a tiny bundle whose default embedding (map, index, model) is an untrained :func:`toy_mae`."""
+    import shutil
+
+    from engine.build.embed import add_learned_embedding
+    from engine.bundle.atlas import read_atlas
+    from engine.bundle.manifest import write_manifest
+    from engine.models.serialize import save_model
+
+    atlas = read_atlas(bundle)
+    model, _, _ = toy_mae(g=atlas.n_genes)
+    checkpoint = save_model(out.parent / f"{out.stem}-model", model, list(atlas.var.index))
+    shutil.copytree(bundle, out)
+    write_manifest(out, add_learned_embedding(out, read_atlas(out).manifest, str(checkpoint), n_landmarks=200))
+    return out
+
+
 def toy_mae(n: int = 300, g: int = 40, seed: int = 0, **config):
     """A small untrained masked autoencoder, ``(n, g)`` log-like data and gene labels; gene 3 is silent in every cell."""
     import torch
