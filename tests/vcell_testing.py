@@ -6,6 +6,7 @@ more than one ``conftest.py``, so ``from conftest import`` is ambiguous).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -120,6 +121,23 @@ def toy_mae(n: int = 300, g: int = 40, seed: int = 0, **config):
     x = np.log1p(rng.poisson(2.0, (n, g))).astype(np.float32)
     x[:, 3] = 0.0
     return model, x, [f"G{i}" for i in range(g)]
+
+
+def fake_shards(out: Path, ranges, world: int, n: int, overrides: dict | None = None, dim: int = 4) -> None:
+    """Shard files as embed-shards writes them, with random vectors (for the merge's checks).
+
+    ``ranges`` are ``(rank, (start, stop))`` pairs; ``overrides`` maps a rank to record fields to change.
+    """
+    from engine.scale.records import ShardRecord, shard_stem
+
+    rng = np.random.default_rng(0)
+    for rank, (start, stop) in ranges:
+        record = ShardRecord(rank=rank, world_size=world, start=start, stop=stop, n_cells=n, dim=dim, method="mae",
+                             model_hash="m", gene_hash="g", bundle="b", checkpoint="c")
+        for key, value in (overrides or {}).get(rank, {}).items():
+            setattr(record, key, value)
+        np.save(out / record.path, rng.standard_normal((stop - start, dim)).astype(np.float32))
+        (out / (shard_stem(rank, world) + ".json")).write_text(json.dumps(record.__dict__))
 
 
 def cell_type_in_both(atlas, condition_a: str, condition_b: str, min_cells: int = 20) -> str:
