@@ -57,7 +57,7 @@ def test_model_columns_follow_the_model_order_and_mark_missing_genes(tiny_bundle
 def test_too_few_known_model_genes_are_refused_with_the_overlap(tiny_bundle):
     atlas = read_atlas(tiny_bundle)
     genes = ["G1", "G2"] + [f"OTHER{i}" for i in range(6)]
-    with pytest.raises(InputError, match=r"The model knows 8 genes; only 2 \(25\.0%\) are in this atlas: below the 50%"):
+    with pytest.raises(InputError, match=r"The model knows 8 genes; only 2 \(25\.0%\) are in this atlas: below the 50"):
         model_gene_columns(atlas, genes)
     read, columns = model_gene_columns(atlas, genes, min_overlap=0.2)
     assert read.tolist() == [1, 2] and (columns[2:] == -1).all()
