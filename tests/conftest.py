@@ -11,8 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 import pytest
-
-from vcell_testing import make_counts_adata, shared_file
+from vcell_testing import build_tiny_bundle, make_counts_adata, shared_file, with_toy_mae
 
 try:  # small models train faster (and steadily) on one thread than on two busy cores
     import torch
@@ -86,6 +85,18 @@ def small_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_bundle")
     source = generate_atlas(root / "generated-3000", 3000, seed=0)
     return build_atlas(source, root / "generated-3000.vcell", BuildOptions(n_landmarks=1000))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A PCA bundle of 600 generated count cells x 200 genes (:func:`vcell_testing.build_tiny_bundle`), built once."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mae_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with an untrained toy masked autoencoder as its default embedding, made once."""
+    return with_toy_mae(tiny_bundle, tmp_path_factory.mktemp("tiny_mae") / "tiny_mae.vcell")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""Progress callbacks (engine.progress): clamping, sub-ranges, tracking an iterable."""
+"""Progress callbacks (engine.progress): clamping, sub-ranges, tracking an iterable, the terminal bar."""
 
 from __future__ import annotations
 
-from engine.progress import report, scaled, track
+import pytest
+
+from engine.progress import TqdmProgress, report, scaled, track
 
 
 def test_report_clamps_and_tolerates_no_callback():
@@ -26,3 +28,22 @@ def test_track_yields_every_item_and_ends_at_stop():
     items = list(track(iter("abcd"), 4, lambda f, m: seen.append(f), "reading", start=0.5, stop=1.0))
     assert items == list("abcd")
     assert seen == [0.5, 0.625, 0.75, 0.875, 1.0]
+
+
+def test_the_terminal_bar_moves_only_forward_and_shows_the_step(capsys):
+    with TqdmProgress("building") as bar:
+        bar(0.25, "reading")
+        bar(0.1, "going back")  # a later step that reports less keeps the bar where it was
+        bar(1.0, "done")
+    frames = [f for f in capsys.readouterr().err.split("\r") if f.strip()]
+    shown = {frame.rsplit(", ", 1)[-1].strip(): frame.split("|")[0] for frame in frames if ", " in frame}
+    assert shown["reading"] == shown["going back"] == "building:  25%" and shown["done"] == "building: 100%"
+    assert frames[-1].endswith("\n")  # closed: its line is ended
+
+
+def test_the_bar_is_closed_when_the_step_fails(capsys):
+    with pytest.raises(RuntimeError), TqdmProgress() as bar:
+        bar(0.5, "half")
+        raise RuntimeError("stop")
+    err = capsys.readouterr().err
+    assert "vcell:  50%" in err and err.endswith("\n")

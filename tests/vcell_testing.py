@@ -6,6 +6,7 @@ more than one ``conftest.py``, so ``from conftest import`` is ambiguous).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -62,6 +63,52 @@ def make_counts_adata(n_cells: int = 600, n_genes: int = 200, seed: int = 0) -> 
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
 
 
+TINY_ROLES = dict(cell_type_key="cell_label", condition_key="condition", donor_key="sample")
+"""The roles of :func:`make_counts_adata`'s columns, as build options."""
+
+
+def tiny_ensembl_id(i: int) -> str:
+    """The made-up Ensembl ID of gene ``G<i>`` of a tiny bundle (not in GENCODE)."""
+    return f"ENSG9{i:010d}"
+
+
+def write_tiny_h5ad(path: Path, **kwargs) -> Path:
+    """:func:`make_counts_adata` written as ``.h5ad``, its genes given Ensembl IDs (``gene_ids``)."""
+    adata = make_counts_adata(**kwargs)
+    adata.var["gene_ids"] = [tiny_ensembl_id(i) for i in range(adata.n_vars)]
+    adata.write_h5ad(path)
+    return path
+
+
+def build_tiny_bundle(root: Path, **options) -> Path:
+    """A bundle of :func:`write_tiny_h5ad` (600 cells x 200 genes; 3 cell types, 2 conditions, 4 donors) in ``root``.
+
+    ``options`` are further :class:`~engine.build.prepare.BuildOptions`.
+    """
+    from engine.build.pipeline import build_atlas
+    from engine.build.prepare import BuildOptions
+
+    source = write_tiny_h5ad(root / "tiny.h5ad")
+    return build_atlas(source, root / "tiny.vcell", BuildOptions(**TINY_ROLES, n_landmarks=200, **options))
+
+
+def with_toy_mae(bundle: Path, out: Path) -> Path:
+    """A copy of a tiny bundle whose default embedding (map, index, model) is an untrained :func:`toy_mae`."""
+    import shutil
+
+    from engine.build.embed import add_learned_embedding
+    from engine.bundle.atlas import read_atlas
+    from engine.bundle.manifest import write_manifest
+    from engine.models.serialize import save_model
+
+    atlas = read_atlas(bundle)
+    model, _, _ = toy_mae(g=atlas.n_genes)
+    checkpoint = save_model(out.parent / f"{out.stem}-model", model, list(atlas.var.index))
+    shutil.copytree(bundle, out)
+    write_manifest(out, add_learned_embedding(out, read_atlas(out).manifest, str(checkpoint), n_landmarks=200))
+    return out
+
+
 def toy_mae(n: int = 300, g: int = 40, seed: int = 0, **config):
     """A small untrained masked autoencoder, ``(n, g)`` log-like data and gene labels; gene 3 is silent in every cell."""
     import torch
@@ -74,6 +121,23 @@ def toy_mae(n: int = 300, g: int = 40, seed: int = 0, **config):
     x = np.log1p(rng.poisson(2.0, (n, g))).astype(np.float32)
     x[:, 3] = 0.0
     return model, x, [f"G{i}" for i in range(g)]
+
+
+def fake_shards(out: Path, ranges, world: int, n: int, overrides: dict | None = None, dim: int = 4) -> None:
+    """Shard files as embed-shards writes them, with random vectors (for the merge's checks).
+
+    ``ranges`` are ``(rank, (start, stop))`` pairs; ``overrides`` maps a rank to record fields to change.
+    """
+    from engine.scale.records import ShardRecord, shard_stem
+
+    rng = np.random.default_rng(0)
+    for rank, (start, stop) in ranges:
+        record = ShardRecord(rank=rank, world_size=world, start=start, stop=stop, n_cells=n, dim=dim, method="mae",
+                             model_hash="m", gene_hash="g", bundle="b", checkpoint="c")
+        for key, value in (overrides or {}).get(rank, {}).items():
+            setattr(record, key, value)
+        np.save(out / record.path, rng.standard_normal((stop - start, dim)).astype(np.float32))
+        (out / (shard_stem(rank, world) + ".json")).write_text(json.dumps(record.__dict__))
 
 
 def cell_type_in_both(atlas, condition_a: str, condition_b: str, min_cells: int = 20) -> str:

@@ -73,13 +73,15 @@ class SomaRows:
             return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
         ids = positions if self._joinids is None else self._joinids[positions]
         contiguous = bool(np.all(np.diff(ids) == 1))
-        coords = slice(int(ids[0]), int(ids[-1])) if contiguous else ids  # SOMA slices include their end
+        ascending = contiguous or bool(np.all(np.diff(ids) > 0))
+        # rows in any order, repeats included: read each row once, in ascending order, then put them in place
+        wanted, order = (ids, None) if ascending else np.unique(ids, return_inverse=True)
+        coords = slice(int(ids[0]), int(ids[-1])) if contiguous else wanted  # SOMA slices include their end
         table = self._read(coords)
         dim0 = table["soma_dim_0"].to_numpy()
-        rows_out = dim0 - ids[0] if contiguous else np.searchsorted(ids, dim0)
-        order = None if contiguous or np.all(np.diff(ids) > 0) else np.argsort(np.argsort(ids))
+        rows_out = dim0 - ids[0] if contiguous else np.searchsorted(wanted, dim0)
         matrix = sp.csr_matrix((table["soma_data"].to_numpy().astype(np.float32),
-                                (rows_out, table["soma_dim_1"].to_numpy())), shape=(len(ids), self.shape[1]))
+                                (rows_out, table["soma_dim_1"].to_numpy())), shape=(len(wanted), self.shape[1]))
         return matrix if order is None else matrix[order]
 
     def _read(self, coords: slice | np.ndarray) -> Any:

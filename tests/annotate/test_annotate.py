@@ -16,7 +16,7 @@ from engine.annotate.apply import annotate_bundle
 from engine.bundle.atlas import read_atlas, validate_atlas
 from engine.errors import InputError
 from engine.evaluate.metrics import donor_split
-from engine.annotate.label_transfer import CellData, match_genes, read_cells, transfer_labels
+from engine.annotate.label_transfer import CellData, read_cells, transfer_labels
 from vcell_testing import make_counts_adata
 
 # Measured (benchmarks/label_transfer.py): held-out Kang donors reach macro-F1 0.985-0.995; shuffled
@@ -61,37 +61,6 @@ def test_threshold_calls_unknown(split_adata):
     assert np.array_equal(strict.labels == "unknown", strict.confidence < 1.0)
     assert np.array_equal(strict.predicted, every.predicted)
     assert strict.info["n_unknown"] == int((strict.confidence < 1.0).sum())
-
-
-def test_genes_matched_by_id_or_symbol_in_any_order():
-    reference = pd.DataFrame({"gene_id": ["ENSG00000000001", "ENSG00000000002", None],
-                              "gene_symbol": [None, "B", "C"]}, index=["ENSG00000000001", "B", "C"])
-    query = pd.DataFrame({"gene_id": [None, "ENSG00000000001.3", None], "gene_symbol": ["c", "A", "B"]},
-                         index=["c", "A", "B"])
-    match = match_genes(reference, query, min_shared=3, min_fraction=1.0)
-    assert match.reference.tolist() == [0, 1, 2]
-    assert match.query.tolist() == [1, 2, 0]
-
-
-def test_ensembl_reference_matches_symbol_query_through_gencode():
-    from engine.data.genes import gene_table
-
-    reference = gene_table(pd.DataFrame(index=["ENSG00000090382.4", "ENSG00000170458", "ENSG00000187608",
-                                               "ENSG00000000001"]))  # LYZ, CD14, ISG15, not in GENCODE
-    query = gene_table(pd.DataFrame(index=["isg15", "CD14", "LYZ", "MYLYZ"]))
-    match = match_genes(reference, query, min_shared=3, min_fraction=0.75)
-    assert match.reference.tolist() == [0, 1, 2] and match.query.tolist() == [2, 1, 0]
-    assert match_genes(query, reference, min_shared=3, min_fraction=0.75).query.tolist() == [2, 1, 0]
-
-
-def test_gene_map_overrides_gencode_when_matching():
-    from engine.data.genes import gene_table
-
-    gene_map = pd.DataFrame({"gene_id": ["ENSG00000090382"], "gene_symbol": ["MYLYZ"]})  # as read_gene_map gives
-    reference_var, query_var = pd.DataFrame(index=["ENSG00000090382"]), pd.DataFrame(index=["LYZ", "MYLYZ"])
-    plain = match_genes(gene_table(reference_var), gene_table(query_var), min_shared=1)
-    mapped = match_genes(gene_table(reference_var, gene_map), gene_table(query_var, gene_map), min_shared=1)
-    assert plain.query.tolist() == [0] and mapped.query.tolist() == [1]  # GENCODE's LYZ, then the user's MYLYZ
 
 
 def test_no_shared_genes_is_refused_with_advice(split_adata):

@@ -1,4 +1,4 @@
-"""Tests of engine.compare.conditions: composition, cell-level Wilcoxon DE, volcano frame."""
+"""Tests of engine.compare.conditions: cell-level Wilcoxon DE, volcano frame, the atlas wrapper."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 from scipy import stats
+from vcell_testing import make_counts_adata, shared_file
 
 import engine.compare.conditions as compare
 from engine.compare.conditions import rank_genes_wilcoxon, volcano_frame
-from engine.compare.composition import composition, composition_shift
 from engine.errors import EmptySelectionError, InputError, MissingKeyError
-from vcell_testing import make_counts_adata, shared_file
 
 ROLES = {"cell_type": "cell_label", "condition": "condition", "donor": "sample", "batch": None}
 
@@ -37,74 +36,6 @@ def _read_lognorm(name: str) -> ad.AnnData:
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     return adata
-
-
-# ----------------------------------------------------------------------------- composition
-def test_composition_per_donor_includes_zeros(lognorm):
-    obs = lognorm.obs.copy()
-    obs["cell_label"] = obs["cell_label"].astype(str)
-    obs.loc[obs["sample"] == "d1", "cell_label"] = "T cell"  # d1 has only T cells
-    long = composition(obs, cell_type_key="cell_label", condition_key="condition", donor_key="sample")
-    assert list(long.columns) == ["condition", "donor", "cell_type", "n_cells", "proportion"]
-    assert len(long) == 4 * 3  # every donor x every cell type
-    sums = long.groupby("donor")["proportion"].sum()
-    np.testing.assert_allclose(sums.to_numpy(), 1.0)
-    d1 = long[long["donor"] == "d1"].set_index("cell_type")
-    assert d1.loc["B cell", "n_cells"] == 0 and d1.loc["T cell", "proportion"] == 1.0
-    assert d1["n_cells"].sum() == (obs["sample"] == "d1").sum()
-
-
-def test_composition_without_donors_is_per_condition(lognorm):
-    long = composition(lognorm.obs, cell_type_key="cell_label", condition_key="condition", donor_key=None)
-    assert set(long["donor"]) == {"normal", "disease"}
-    assert (long["donor"] == long["condition"]).all()
-    assert long["n_cells"].sum() == lognorm.n_obs
-    with pytest.raises(MissingKeyError, match="No obs column 'donor_id'"):
-        composition(lognorm.obs, cell_type_key="cell_label", condition_key="condition")
-
-
-def _shifted_obs(n_donors: int = 4, seed: int = 0) -> pd.DataFrame:
-    """Donors of two conditions; 'rare' is ~10% of cells in A and ~40% in B."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for condition, share in (("A", 0.1), ("B", 0.4)):
-        for d in range(n_donors):
-            n = 200
-            p = np.clip(share + rng.normal(0, 0.02), 0.01, 0.9)
-            types = np.where(rng.random(n) < p, "rare", rng.choice(["common1", "common2"], n))
-            rows += [(condition, f"{condition}{d}", t) for t in types]
-    return pd.DataFrame(rows, columns=["disease", "donor_id", "cell_type"]).astype("category")
-
-
-def test_composition_shift_detects_a_donor_level_change():
-    obs = _shifted_obs()
-    result = composition_shift(obs, "A", "B")
-    table = result.table
-    expected = ["cell_type", "n_cells_a", "n_cells_b", "prop_a", "prop_b", "mean_prop_a", "mean_prop_b",
-                "log2_ratio", "n_donors_a", "n_donors_b", "statistic", "pval", "padj", "note"]
-    assert list(table.columns) == expected
-    assert result.method == "welch t-test on per-donor proportions" and (result.a, result.b) == ("A", "B")
-    rare = table.set_index("cell_type").loc["rare"]
-    assert table["cell_type"].iloc[0] == "rare"  # largest increase first
-    assert rare["n_donors_a"] == 4 and rare["n_donors_b"] == 4
-    assert 0.05 < rare["mean_prop_a"] < 0.15 and 0.35 < rare["mean_prop_b"] < 0.45
-    assert rare["log2_ratio"] > 1.5 and rare["statistic"] > 0
-    assert rare["pval"] < 1e-3 and rare["padj"] < 0.01 and rare["note"] == ""
-    assert (table["n_cells_a"].sum(), table["n_cells_b"].sum()) == (800, 800)
-
-
-def test_composition_shift_says_when_there_are_too_few_donors():
-    obs = _shifted_obs()
-    one = obs[obs["donor_id"].astype(str).isin(["A0", "B0", "B1"])]
-    table = composition_shift(one, "A", "B").table
-    assert table["pval"].isna().all() and table["padj"].isna().all()
-    assert table["note"].str.startswith("Too few donors to test: 1 in 'A' and 2 in 'B'").all()
-    pooled = composition_shift(obs, "A", "B", donor_key=None).table
-    assert pooled["pval"].isna().all() and pooled["note"].str.contains("No donor column").all()
-    with pytest.raises(InputError, match="Both conditions are 'A'"):
-        composition_shift(obs, "A", "A")
-    with pytest.raises(InputError, match="Unknown condition 'C'"):
-        composition_shift(obs, "A", "C")
 
 
 # ----------------------------------------------------------------------------- Wilcoxon
@@ -228,19 +159,6 @@ def test_kang_stim_vs_ctrl_interferon_genes():
     assert {"ISG15", "IFIT1", "MX1"} <= set(de["gene"].head(10))
     volcano = volcano_frame(de).table
     assert set(volcano.set_index("gene").loc[["ISG15", "IFIT1", "MX1"], "category"]) == {"up"}
-
-
-@pytest.mark.shared
-def test_kang_donors_composition():
-    obs = ad.read_h5ad(shared_file("kang_ifnb_donors.h5ad"), backed="r").obs
-    keys = dict(cell_type_key="cluster_id", condition_key="group_id", donor_key="sample_id")
-    long = composition(obs, **keys)
-    assert len(long) == 4 * 5
-    np.testing.assert_allclose(long.groupby("donor")["proportion"].sum(), 1.0)
-    table = composition_shift(obs, "ctrl", "stim", **keys).table
-    assert len(table) == 5 and (table["n_donors_a"] == 2).all() and (table["n_donors_b"] == 2).all()
-    assert table["pval"].between(0, 1).all() and (table["note"] == "").all()
-    assert table["n_cells_a"].sum() == 750 and table["n_cells_b"].sum() == 806
 
 
 # ----------------------------------------------------------------------------- atlas wrapper

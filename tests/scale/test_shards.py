@@ -1,4 +1,8 @@
-"""Sharded embedding across processes (Lightning DDP) and the merge into one embedding and one FAISS index."""
+"""Sharded embedding across processes (Lightning DDP) and the merge into one embedding and one FAISS index.
+
+The shard records' and the merge's own checks on hand-written shards are in test_records.py,
+test_shard_index.py and test_merge.py.
+"""
 
 from __future__ import annotations
 
@@ -16,88 +20,14 @@ import pytest
 from engine.build.embed import embed_atlas
 from engine.bundle.atlas import read_atlas, validate_atlas
 from engine.bundle.manifest import Embeddings
-from engine.cli import main
 from engine.errors import InputError
 from engine.models.serialize import load_model
 from engine.scale.merge import merge_shards
-from engine.scale.records import ShardRecord, read_shards, shard_ranges, shard_stem
+from engine.scale.records import read_shards, shard_stem
 from engine.scale.shards import embed_shards
-from engine.space.index import build_index, load_index
+from engine.space.index import load_index
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize("n, world", [(832, 2), (10, 3), (7, 7), (2, 4), (0, 2), (1_000_001, 64)])
-def test_shard_ranges_cover_every_row_once_and_are_balanced(n, world):
-    ranges = shard_ranges(n, world)
-    assert len(ranges) == world and ranges[0][0] == 0 and ranges[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    sizes = [stop - start for start, stop in ranges]
-    assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
-    with pytest.raises(InputError, match="at least one process"):
-        shard_ranges(n, 0)
-
-
-def _fake_shards(out: Path, ranges, world: int, n: int, overrides: dict | None = None) -> None:
-    """Shard files as embed-shards writes them, with random vectors (for the merge's checks)."""
-    rng = np.random.default_rng(0)
-    for rank, (start, stop) in ranges:
-        record = ShardRecord(rank=rank, world_size=world, start=start, stop=stop, n_cells=n, dim=4, method="mae",
-                             model_hash="m", gene_hash="g", bundle="b", checkpoint="c")
-        for key, value in (overrides or {}).get(rank, {}).items():
-            setattr(record, key, value)
-        np.save(out / record.path, rng.standard_normal((stop - start, 4)).astype(np.float32))
-        (out / (shard_stem(rank, world) + ".json")).write_text(json.dumps(record.__dict__))
-
-
-def test_merge_refuses_missing_overlapping_or_mixed_shards(tmp_path, capsys):
-    with pytest.raises(InputError, match="no finished embedding shards"):
-        read_shards(tmp_path)
-    assert main(["merge-shards", str(tmp_path)]) == 2
-    assert "no finished embedding shards" in capsys.readouterr().err
-
-    cases = {
-        "missing": (dict(enumerate([(0, 50), (50, 100), (100, 150)][:2])), 3, {}, "Shard\\(s\\) 2 of 3 are missing"),
-        "overlap": ({0: (0, 60), 1: (50, 150)}, 2, {}, "overlap"),
-        "gap": ({0: (0, 40), 1: (50, 150)}, 2, {}, "leave a gap"),
-        "short": ({0: (0, 50), 1: (50, 140)}, 2, {}, "cover rows 0..140 of 150"),
-        "models": ({0: (0, 75), 1: (75, 150)}, 2, {1: {"model_hash": "other"}}, "different models"),
-        "widths": ({0: (0, 75), 1: (75, 150)}, 2, {1: {"dim": 5}}, "different embedding widths"),
-    }
-    for name, (ranges, world, overrides, message) in cases.items():
-        out = tmp_path / name
-        out.mkdir()
-        _fake_shards(out, ranges.items(), world, 150, overrides)
-        with pytest.raises(InputError, match=message):
-            merge_shards(out)
-        assert not (out / "embedding.npy").exists() and not (out / "index.faiss").exists()
-
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    _fake_shards(mixed, {0: (0, 75), 1: (75, 150)}.items(), 2, 150)
-    _fake_shards(mixed, {0: (0, 50), 1: (50, 100), 2: (100, 150)}.items(), 3, 150)
-    with pytest.raises(InputError, match="different process counts \\(2, 3\\)"):
-        merge_shards(mixed)
-    with pytest.raises(InputError, match="cannot be built in shards"):
-        merge_shards(_complete(tmp_path), factory="HNSW32")
-
-
-def _complete(tmp_path: Path) -> Path:
-    out = tmp_path / "complete"
-    out.mkdir()
-    _fake_shards(out, {0: (0, 75), 1: (75, 150)}.items(), 2, 150)
-    return out
-
-
-def test_flat_shards_merge_to_the_same_index_as_one_build(tmp_path):
-    out = _complete(tmp_path)
-    result = merge_shards(out, factory="Flat")
-    x = np.concatenate([np.load(out / f"{shard_stem(r, 2)}.npy") for r in range(2)])
-    np.testing.assert_array_equal(np.load(result.embedding), x)
-    merged = load_index(result.index)
-    assert merged.ntotal == 150 and result.info["factory"] == "Flat" and result.info["nprobe"] is None
-    one, _ = build_index(x, factory="Flat")
-    np.testing.assert_array_equal(merged.search(x, 10)[1], one.search(x, 10)[1])
 
 
 def test_embed_atlas_of_a_row_range_is_that_slice(mae_bundle):
