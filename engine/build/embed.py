@@ -26,7 +26,15 @@ from torch import nn
 from engine.build.model_genes import model_gene_columns
 from engine.build.pretrain import pretrain
 from engine.bundle.atlas import Atlas, read_atlas
-from engine.bundle.manifest import BaselineModel, ExtraModel, IndexEntry, LayoutInfo, Manifest, ModelInfo, write_manifest
+from engine.bundle.manifest import (
+    BaselineModel,
+    ExtraModel,
+    IndexEntry,
+    LayoutInfo,
+    Manifest,
+    ModelInfo,
+    write_manifest,
+)
 from engine.errors import InputError
 from engine.evaluate.metrics import knn_label_agreement
 from engine.fileio import write_npy
