@@ -63,7 +63,7 @@ def perturb(atlas: Atlas, genes: Sequence[str], mode: str, *, strength: float | 
             seed: int = 0, n_boot: int = 50, method: str = "ridge", progress: Progress | None = None) -> PerturbResult:
     """Predict a knock-out / knock-down / over-expression in a population of an atlas (ridge baseline).
 
-    ``method="model"`` hands over to :func:`engine.perturb.virtual_cell.perturb_with_model` (the bundle's
+    ``method="model"`` hands over to :func:`engine.perturb.counterfactual.perturb_with_model` (the bundle's
     masked autoencoder, with the baselines side by side); ``"ridge"`` is described below.
 
     The gene set is the atlas's highly variable genes (``atlas.var["highly_variable"]`` when
